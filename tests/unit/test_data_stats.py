@@ -1,0 +1,65 @@
+"""Class pixel ratios and the original's log class weights."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edgeseg.data.augment import AugmentConfig
+from edgeseg.data.dataset import PersonRoiDataset
+from edgeseg.data.stats import log_class_weights, pixel_statistics
+
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "coco_people.json"
+
+
+def _fixture_dataset(root: Path, **kwargs) -> PersonRoiDataset:
+    if not (root / "images").exists():
+        shutil.copy(FIXTURE, root / "annotations.json")
+        (root / "images").mkdir()
+        for name, (w, h) in {
+            "two_people.png": (32, 16),
+            "bicycle_only.png": (32, 16),
+            "wide.png": (128, 64),
+        }.items():
+            cv2.imwrite(str(root / "images" / name), np.zeros((h, w, 3), np.uint8))
+    options = dict(input_size=64, mask_size=8, min_instance_size=8, **kwargs)
+    return PersonRoiDataset(root / "annotations.json", root / "images", **options)
+
+
+def test_log_weights_reproduce_the_original_numbers() -> None:
+    # original-system.md §1.4: COCO ratios 0.48647 / 0.36598 / 0.14756 -> [0.5942, 0.8290, 1.5768]
+    weights = log_class_weights([0.48647, 0.36598, 0.14756])
+    np.testing.assert_allclose(weights, [0.5942, 0.8290, 1.5768], atol=1e-4)
+    assert sum(weights) == pytest.approx(3.0)
+
+
+def test_log_weights_by_hand_and_validation() -> None:
+    raw = [math.log(1 / 0.501), math.log(1 / 0.251), math.log(1 / 0.251)]
+    np.testing.assert_allclose(log_class_weights([0.5, 0.25, 0.25]), [3 * w / sum(raw) for w in raw])
+    with pytest.raises(ValueError, match="ratios"):
+        log_class_weights([0.5, 1.5, 0.0])
+
+
+def test_pixel_statistics_count_the_hand_made_targets(tmp_path: Path) -> None:
+    dataset = _fixture_dataset(tmp_path)
+    stats = pixel_statistics(dataset)
+    # hand counts (matrices in test_data_dataset.py): ROI A has 36 target and 5 + 3 other pixels, ROI B
+    # 36 target and 3 + 5 other. Person C (input x 10..29, y 21..40) has ROI (8, 19, 32, 43): 3 px bins,
+    # columns 9, 12, ..., 30 and rows 20, 23, ..., 41, so the 6 x 6 middle bins are target: 36.
+    assert stats["rois"] == 3 and stats["images"] == 2
+    assert stats["pixel_counts"] == {"background": 3 * 64 - 108 - 16, "target": 108, "other": 16}
+    assert sum(stats["ratios"]) == pytest.approx(1.0)
+    assert stats["ratios"][1] == pytest.approx(108 / 192)
+
+
+def test_pixel_statistics_ignore_augmentation(tmp_path: Path) -> None:
+    plain = _fixture_dataset(tmp_path)
+    augmented = _fixture_dataset(
+        tmp_path, augment=AugmentConfig(hflip_prob=1.0, scale_jitter=0.5, color_jitter=0.5)
+    )
+    assert pixel_statistics(augmented) == pixel_statistics(plain)
