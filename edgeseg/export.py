@@ -1,0 +1,387 @@
+"""ONNX export of a ROI segmentation head, with an ONNX Runtime parity check and a sidecar JSON.
+
+The exported graph (opset 17, TorchScript exporter) takes, in this order:
+
+* ``features_<layer_id>``: float32 [B, C, H, W] per layer, in ``head.layer_ids`` order (dynamic B;
+  H and W are fixed by the input size);
+* ``image`` (RGB-enhanced heads only): float32 [B, 3, S, S], the letterboxed network input in 0..255
+  (float rather than uint8 so a caller can feed the same tensor it gave the backbone, scaled);
+* ``rois``: float32 [N, 5] = (batch_index, x1, y1, x2, y2) in input-image pixels (dynamic N, N may be 0);
+
+and returns ``masks``: float32 [N, 3, M, M] logits (0 background, 1 target, 2 other persons).
+The sidecar ``<stem>.json`` describes all of this plus the layer map, preprocessing, config and metrics,
+so the file can be used without edgeseg. :func:`merge_backbone_and_head` joins a backbone ONNX and a
+head ONNX into one graph ``images`` + ``rois`` -> ``masks``.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+import edgeseg
+from edgeseg.complexity import example_inputs, feature_shape
+from edgeseg.models.head import CLASS_NAMES, RoiSegmentationHead
+
+OPSET = 17
+SIDECAR_FORMAT = "edgeseg-head-onnx/1"
+_RESERVED_SIDECAR_KEYS = {
+    "format", "edgeseg_version", "onnx_file", "opset", "inputs", "outputs", "layers", "input_size",
+    "class_names", "mask_size", "roi_size", "config", "metrics", "parity",
+}  # fmt: skip
+
+
+class ExportParityError(RuntimeError):
+    """ONNX Runtime's output differs from torch's by more than the tolerance."""
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    onnx_path: Path
+    sidecar_path: Path
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    max_abs_diff: float
+    tolerance: float
+    num_rois_checked: int
+    opset: int
+
+
+def input_names(head: RoiSegmentationHead) -> list[str]:
+    """Graph input names in order: one per feature layer, ``image`` if the head needs it, ``rois``."""
+    names = [f"features_{layer}" for layer in head.layer_ids]
+    if head.needs_image:
+        names.append("image")
+    return [*names, "rois"]
+
+
+def onnx_feed(
+    head: RoiSegmentationHead, features: Sequence[Tensor], rois: Tensor, image: Tensor | None = None
+) -> dict[str, np.ndarray]:
+    """The ONNX Runtime input dict for the same inputs a torch ``head(features, rois, image)`` call takes."""
+    feed = {
+        f"features_{layer}": f.detach().cpu().float().numpy()
+        for layer, f in zip(head.layer_ids, features, strict=True)
+    }
+    if head.needs_image:
+        if image is None:
+            raise ValueError("this head needs an image input")
+        feed["image"] = image.detach().cpu().float().numpy()
+    feed["rois"] = rois.detach().cpu().float().numpy()
+    return feed
+
+
+class _GraphInterface(nn.Module):
+    """Positional tensors in ``input_names`` order -> the head's final logits."""
+
+    def __init__(self, head: RoiSegmentationHead) -> None:
+        super().__init__()
+        self.head = head
+        self.num_layers = len(head.layer_ids)
+
+    def forward(self, *inputs: Tensor) -> Tensor:
+        features = list(inputs[: self.num_layers])
+        image = inputs[self.num_layers] if self.head.needs_image else None
+        return self.head(features, inputs[-1], image)["logits"]
+
+
+def _parity_rois(input_size: int, batch_size: int) -> Tensor:
+    """ROIs that exercise the pooling: ordinary, partly outside the image (border), tiny, other image."""
+    s = float(input_size)
+    return torch.tensor(
+        [
+            [0, 0.10 * s, 0.15 * s, 0.60 * s, 0.90 * s],
+            [batch_size - 1, 0.55 * s, 0.40 * s, 1.05 * s, 1.02 * s],  # crosses the right/bottom border
+            [0, -0.05 * s, -0.03 * s, 0.30 * s, 0.25 * s],  # crosses the top-left border
+            [batch_size - 1, 0.40 * s, 0.40 * s, 0.40 * s + 0.6, 0.40 * s + 0.9],  # smaller than a pixel
+        ],
+        dtype=torch.float32,
+    )
+
+
+def parity_check(
+    head: RoiSegmentationHead,
+    onnx_path: str | Path,
+    layer_infos: Mapping[str, Any],
+    input_size: int,
+    seed: int = 0,
+) -> tuple[float, int]:
+    """Max |torch - ONNX Runtime| of the final logits on random features, 2 images and 4 ROIs."""
+    import onnxruntime as ort
+
+    batch_size = 2
+    features, _, image = example_inputs(head, layer_infos, input_size, batch_size=batch_size, seed=seed)
+    rois = _parity_rois(input_size, batch_size)
+    was_training = head.training
+    head.eval()
+    try:
+        with torch.no_grad():
+            expected = head(features, rois, image)["logits"].numpy()
+    finally:
+        head.train(was_training)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    (actual,) = session.run(["masks"], onnx_feed(head, features, rois, image))
+    if actual.shape != expected.shape:
+        raise ExportParityError(f"{onnx_path}: ONNX output shape {actual.shape} != torch {expected.shape}")
+    return float(np.abs(actual - expected).max()), len(rois)
+
+
+def _layer_entries(
+    head: RoiSegmentationHead, layer_infos: Mapping[str, Any], input_size: int
+) -> list[dict[str, Any]]:
+    entries = []
+    for layer, stride, roi_size in zip(
+        head.layer_ids, head.pooler.strides, head.pooler.roi_sizes, strict=True
+    ):
+        channels, height, width = feature_shape(layer_infos[layer], input_size)
+        entry: dict[str, Any] = {"id": layer, "input": f"features_{layer}", "stride": stride, "channels": channels,
+                                 "height": height, "width": width, "roi_size": roi_size,
+                                 "rgb_enhanced": layer in head.pooler.extra_channels}  # fmt: skip
+        output_name = getattr(layer_infos[layer], "output_name", None)
+        if output_name:
+            entry["backbone_output"] = output_name
+        entries.append(entry)
+    return entries
+
+
+def export_head(
+    head: RoiSegmentationHead,
+    layer_infos: Mapping[str, Any],
+    input_size: int,
+    out_path: str | Path,
+    *,
+    config_dict: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+    tolerance: float = 1e-3,
+    opset: int = OPSET,
+) -> ExportReport:
+    """Export ``head`` to ``out_path`` (+ ``<stem>.json``), check it in ONNX Runtime, return a report.
+
+    ``layer_infos`` maps every id in ``head.layer_ids`` to an object with ``channels``, ``stride`` and
+    optionally ``height``/``width``/``output_name``. ``extra`` entries (e.g. ``preprocessing``) are added
+    to the sidecar at top level. Raises :class:`ExportParityError` when the max |diff| exceeds ``tolerance``.
+    """
+    missing = [layer for layer in head.layer_ids if layer not in layer_infos]
+    if missing:
+        raise ValueError(f"layer_infos lacks layers {missing} of the head (has {sorted(layer_infos)})")
+    clash = _RESERVED_SIDECAR_KEYS & set(extra or {})
+    if clash:
+        raise ValueError(f"extra keys {sorted(clash)} would overwrite sidecar fields")
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    names = input_names(head)
+
+    features, _, image = example_inputs(head, layer_infos, input_size, num_rois=3, batch_size=2, seed=1)
+    trace_args = (*features, *([image] if image is not None else []), _parity_rois(input_size, 2)[:3])
+    dynamic_axes: dict[str, dict[int, str]] = {name: {0: "batch"} for name in names[:-1]}
+    dynamic_axes["rois"] = {0: "num_rois"}
+    dynamic_axes["masks"] = {0: "num_rois"}
+    was_training = head.training
+    head.eval()
+    try:
+        with warnings.catch_warnings():
+            # Spatial sizes are fixed per export by design; the tracer's notes about them are expected.
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+            torch.onnx.export(
+                _GraphInterface(head),
+                trace_args,
+                str(out_path),
+                input_names=names,
+                output_names=["masks"],
+                dynamic_axes=dynamic_axes,
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+    finally:
+        head.train(was_training)
+
+    max_diff, num_rois = parity_check(head, out_path, layer_infos, input_size)
+    if not max_diff <= tolerance:
+        raise ExportParityError(
+            f"{out_path}: ONNX Runtime differs from torch by {max_diff:.3g} > tolerance {tolerance:.3g}"
+        )
+
+    sidecar_path = out_path.with_suffix(".json")
+    sidecar = {
+        "format": SIDECAR_FORMAT,
+        "edgeseg_version": edgeseg.__version__,
+        "onnx_file": out_path.name,
+        "opset": opset,
+        "inputs": _input_entries(head, layer_infos, input_size),
+        "outputs": [
+            {
+                "name": "masks",
+                "dtype": "float32",
+                "shape": ["num_rois", 3, head.mask_size, head.mask_size],
+                "meaning": "logits per class; softmax over dim 1, argmax gives the class map",
+            }
+        ],  # fmt: skip
+        "layers": _layer_entries(head, layer_infos, input_size),
+        "input_size": input_size,
+        "class_names": list(CLASS_NAMES),
+        "mask_size": head.mask_size,
+        "roi_size": head.roi_size,
+        "config": dict(config_dict or {}),
+        "metrics": dict(metrics or {}),
+        "parity": {
+            "max_abs_diff": max_diff,
+            "tolerance": tolerance,
+            "num_rois": num_rois,
+            "runtime": "onnxruntime",
+        },
+        **dict(extra or {}),
+    }
+    sidecar_path.write_text(json.dumps(_jsonable(sidecar), indent=2, sort_keys=False))
+    return ExportReport(
+        out_path, sidecar_path, tuple(names), ("masks",), max_diff, tolerance, num_rois, opset
+    )
+
+
+def _input_entries(
+    head: RoiSegmentationHead, layer_infos: Mapping[str, Any], input_size: int
+) -> list[dict[str, Any]]:
+    entries: list[dict[str, Any]] = [
+        {
+            "name": f"features_{layer}",
+            "layer_id": layer,
+            "dtype": "float32",
+            "shape": ["batch", *feature_shape(layer_infos[layer], input_size)],
+        }  # fmt: skip
+        for layer in head.layer_ids
+    ]
+    if head.needs_image:
+        entries.append({"name": "image", "dtype": "float32", "shape": ["batch", 3, input_size, input_size],
+                        "meaning": "letterboxed network input image, RGB, 0..255 (not normalised)"})  # fmt: skip
+    entries.append({"name": "rois", "dtype": "float32", "shape": ["num_rois", 5],
+                    "meaning": "(batch_index, x1, y1, x2, y2) in input-image pixels"})  # fmt: skip
+    return entries
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+# --------------------------------------------------------------------------------------------------
+# Backbone + head in one graph
+
+
+def _align_versions(first: Any, second: Any) -> tuple[Any, Any]:
+    """Same default-domain opset and IR version for both models (``onnx.compose`` requires it)."""
+    from onnx import version_converter
+
+    def default_opset(model: Any) -> int:
+        return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+    target = max(default_opset(first), default_opset(second))
+    if default_opset(first) != target:
+        first = version_converter.convert_version(first, target)
+    if default_opset(second) != target:
+        second = version_converter.convert_version(second, target)
+    ir_version = max(first.ir_version, second.ir_version)
+    first.ir_version = ir_version
+    second.ir_version = ir_version
+    return first, second
+
+
+def merge_backbone_and_head(
+    backbone_onnx: str | Path,
+    backbone_output_names_by_layer: Mapping[str, str],
+    head_onnx: str | Path,
+    out_path: str | Path,
+    *,
+    image_scale: float | None = None,
+) -> Path:
+    """One ONNX: the backbone's own image input(s) + ``rois`` -> ``masks``.
+
+    ``backbone_output_names_by_layer`` maps each head layer id to the backbone output feeding
+    ``features_<layer_id>``. An RGB-enhanced head also takes ``image`` (0..255 float): it is computed
+    from the backbone's (single) image input as ``float(input) * image_scale`` (e.g. 255 for a
+    backbone that takes 0..1 floats, 1 for one that takes uint8 or 0..255 floats); ``image_scale`` is
+    then required.
+    """
+    import onnx
+    from onnx import compose, helper
+
+    backbone = onnx.load(str(backbone_onnx))
+    head = onnx.load(str(head_onnx))
+    head_inputs = [i.name for i in head.graph.input]
+    feature_inputs = [name for name in head_inputs if name.startswith("features_")]
+    wanted = {f"features_{layer}" for layer in backbone_output_names_by_layer}
+    if set(feature_inputs) != wanted:
+        raise ValueError(
+            f"{head_onnx}: head feature inputs {feature_inputs} != layers given {sorted(backbone_output_names_by_layer)}"
+        )
+    backbone_outputs = {o.name for o in backbone.graph.output}
+    unknown = {n for n in backbone_output_names_by_layer.values() if n not in backbone_outputs}
+    if unknown:
+        raise ValueError(
+            f"{backbone_onnx}: has no outputs {sorted(unknown)} (outputs: {sorted(backbone_outputs)})"
+        )
+    initializers = {i.name for i in backbone.graph.initializer}
+    backbone_inputs = [i for i in backbone.graph.input if i.name not in initializers]
+    if {i.name for i in backbone_inputs} & {"rois", "masks"}:
+        raise ValueError(f"{backbone_onnx}: input names 'rois'/'masks' collide with the head's")
+
+    backbone, head = _align_versions(backbone, head)
+    # Prefix internal names so the two graphs cannot collide; graph inputs and outputs keep their names.
+    backbone = compose.add_prefix(backbone, "backbone/", rename_inputs=False, rename_outputs=False)
+    head = compose.add_prefix(head, "head/", rename_inputs=False, rename_outputs=False)
+
+    needs_image = "image" in head_inputs
+    if needs_image:
+        if image_scale is None:
+            raise ValueError("the head is RGB-enhanced (input 'image'): pass image_scale")
+        if len(backbone_inputs) != 1:
+            raise ValueError(
+                f"{backbone_onnx}: needs exactly one image input to feed 'image', has {len(backbone_inputs)}"
+            )
+        source = backbone_inputs[0].name
+        # Expose the image as a backbone output, computed from the backbone's own input.
+        backbone.graph.node.extend([
+            helper.make_node("Cast", [source], ["backbone/image_float"], to=onnx.TensorProto.FLOAT),
+            helper.make_node("Constant", [], ["backbone/image_scale"],
+                             value=helper.make_tensor("scale", onnx.TensorProto.FLOAT, [], [float(image_scale)])),
+            helper.make_node("Mul", ["backbone/image_float", "backbone/image_scale"], ["backbone/image_0_255"]),
+        ])  # fmt: skip
+        backbone.graph.output.append(
+            helper.make_tensor_value_info("backbone/image_0_255", onnx.TensorProto.FLOAT, None)
+        )
+
+    io_map = [(output, f"features_{layer}") for layer, output in backbone_output_names_by_layer.items()]
+    if needs_image:
+        io_map.append(("backbone/image_0_255", "image"))
+    merged = compose.merge_models(
+        backbone,
+        head,
+        io_map=io_map,
+        inputs=[i.name for i in backbone_inputs] + ["rois"],
+        outputs=["masks"],
+        producer_name="edgeseg",
+        producer_version=edgeseg.__version__,
+    )
+    onnx.checker.check_model(merged)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(merged, str(out_path))
+    return out_path

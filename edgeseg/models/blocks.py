@@ -1,0 +1,88 @@
+"""Small building blocks shared by every head: normalisation, conv units, residual blocks, upsampling.
+
+``LayerNorm2d`` normalises each sample over (C, H, W) jointly, i.e. ``GroupNorm(1, C)``: it does not
+depend on the number of ROIs in a batch (unlike BatchNorm), so training and single-ROI inference agree.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class LayerNorm2d(nn.Module):
+    """GroupNorm with one group: normalise over (C, H, W) per sample, then a per-channel affine."""
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.onnx.is_in_onnx_export():
+            # The exporter writes GroupNorm as Reshape(N, 1, -1) + InstanceNormalization, which breaks
+            # for zero ROIs; plain reductions give the same numbers and keep N free.
+            mean = x.mean(dim=(1, 2, 3), keepdim=True)
+            centered = x - mean
+            var = (centered * centered).mean(dim=(1, 2, 3), keepdim=True)
+            normalised = centered / torch.sqrt(var + self.eps)
+            return normalised * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+        return F.group_norm(x, 1, self.weight, self.bias, self.eps)
+
+
+class ConvNormAct(nn.Sequential):
+    """Conv (no bias) -> LayerNorm2d -> ReLU; 'same' padding for odd kernels."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        dilation: int = 1,
+    ) -> None:
+        padding = dilation * (kernel_size - 1) // 2
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, bias=False),
+            LayerNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+class ResidualBlock(nn.Module):
+    """conv3x3 -> norm -> ReLU -> conv3x3 -> norm, plus the input, then ReLU (He et al. 2016)."""
+
+    def __init__(self, channels: int, dilation: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=dilation, dilation=dilation, bias=False)
+        self.norm1 = LayerNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=dilation, dilation=dilation, bias=False)
+        self.norm2 = LayerNorm2d(channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.norm1(self.conv1(x)))
+        out = self.norm2(self.conv2(out))
+        return F.relu(out + x)
+
+
+class Upsample2x(nn.Sequential):
+    """ConvTranspose k2 s2 (exact x2, no checkerboard overlap) -> norm -> ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(
+            nn.ConvTranspose2d(in_channels, out_channels, kernel_size=2, stride=2, bias=False),
+            LayerNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+def resize_to(x: Tensor, size: int) -> Tensor:
+    """Bilinear resize to a fixed square size (a no-op when it already has that size).
+
+    A fixed output size exports as a static ONNX Resize, unlike ``adaptive_avg_pool2d``.
+    """
+    if x.shape[-2] == size and x.shape[-1] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
