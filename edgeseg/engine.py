@@ -1,0 +1,457 @@
+"""The training loop of one trial: ``train_one_epoch``, ``evaluate`` and ``fit``.
+
+Nothing here knows about Ray or MLflow: ``fit`` writes a checkpoint directory after every epoch and
+hands it, with the epoch's metrics, to a reporter. A Ray trial's reporter forwards both to Ray; the
+CLI's reporter prints a line. Training reads the frozen backbone's features from the feature cache
+(or computes them on the fly when augmentation changes the images), so only the head runs per step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import shutil
+import time
+import types
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+import edgeseg
+from edgeseg import pipeline
+from edgeseg.config import ExperimentConfig, ModelConfig, config_from_dict
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+class Reporter(Protocol):
+    def report(self, metrics: dict[str, float], checkpoint_dir: Path) -> None: ...
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the message says where, and the last good checkpoint stays."""
+
+
+@dataclass(frozen=True)
+class FitResult:
+    run_dir: Path
+    best_checkpoint: Path
+    last_checkpoint: Path
+    best_metrics: dict[str, float]
+    history: list[dict[str, float]]
+
+
+class PrintReporter:
+    """Prints one line per epoch (the CLI's reporter)."""
+
+    def __init__(self, log: Callable[[str], None] = print) -> None:
+        self.log = log
+
+    def report(self, metrics: dict[str, float], checkpoint_dir: Path) -> None:
+        keys = (
+            "train/loss",
+            "val/loss",
+            "val/miou",
+            "val/iou_target",
+            "val/iou_other",
+            "lr",
+            "epoch_seconds",
+        )
+        body = "  ".join(f"{k}={metrics[k]:.4g}" for k in keys if k in metrics)
+        self.log(f"epoch {int(metrics['epoch'])}: {body}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Small pieces.
+# ----------------------------------------------------------------------------------------------
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device={name!r} but CUDA is not available on this machine")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def loss_spec(config: ExperimentConfig):
+    """The one translation of ``LossConfig`` into the pure loss functions' ``LossSpec``."""
+    from edgeseg.losses import LossSpec
+
+    c = config.loss
+    hierarchical = config.model.decoder == "hierarchical"
+    bg_fg, target_other, final, consistency = c.hierarchical_weights
+    return LossSpec(
+        ce_weight=c.ce_weight,
+        dice_weight=c.dice_weight,
+        focal=c.focal,
+        focal_gamma=c.focal_gamma,
+        distance_aware=c.distance_aware,
+        boundary_width=c.boundary_width,
+        boundary_weight=c.boundary_weight,
+        instance_sep_distance=c.instance_sep_distance,
+        instance_sep_weight=c.instance_sep_weight,
+        adaptive=c.adaptive,
+        adaptive_schedule=c.adaptive_schedule,
+        adaptive_final=c.adaptive_final,
+        cascade_stage_weights=tuple(c.cascade_stage_weights),
+        hierarchical=hierarchical,
+        bg_fg_weight=bg_fg,
+        target_other_weight=target_other,
+        final_weight=final,
+        consistency_weight=consistency,
+    )
+
+
+def make_loader(
+    dataset: Any, batch_size: int, *, shuffle: bool, seed: int, epoch: int, workers: int
+) -> DataLoader:
+    from edgeseg.data.dataset import collate_roi_samples
+
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(epoch)
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)  # same order after a resume
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=workers,
+        collate_fn=collate_roi_samples, drop_last=False,
+    )  # fmt: skip
+
+
+def head_inputs(head: Any, batch: Any, features: Any, device: torch.device):
+    feats = features.features(batch.indices.tolist(), batch.images)
+    inputs = [feats[layer].to(device, non_blocking=True) for layer in head.layer_ids]
+    image = batch.images.to(device).float() if head.needs_image else None
+    return inputs, batch.rois.to(device), image
+
+
+def lr_lambda(total_steps: int, warmup_steps: int, min_ratio: float) -> Callable[[int], float]:
+    """Linear warm-up then cosine decay to ``min_ratio`` of the base learning rate, per step."""
+
+    def factor(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        span = max(1, total_steps - warmup_steps)
+        progress = min(1.0, (step - warmup_steps) / span)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def autocast_for(device: torch.device, enabled: bool):
+    if enabled and device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast(device.type, enabled=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# One epoch of training, one pass of evaluation.
+# ----------------------------------------------------------------------------------------------
+
+
+def train_one_epoch(
+    head: torch.nn.Module,
+    loader: DataLoader,
+    features: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    spec: Any,
+    class_weights: torch.Tensor | None,
+    device: torch.device,
+    *,
+    epoch: int,
+    epochs: int,
+    grad_clip: float,
+    amp: bool,
+) -> dict[str, float]:
+    from edgeseg.losses import compute_loss
+
+    head.train()
+    totals: dict[str, float] = {}
+    steps = 0
+    for step, batch in enumerate(loader):
+        if batch.rois.shape[0] == 0:
+            continue
+        inputs, rois, image = head_inputs(head, batch, features, device)
+        targets = batch.targets.to(device)
+        progress = ((epoch - 1) + step / max(1, len(loader))) / epochs
+        with autocast_for(device, amp):
+            outputs = head(inputs, rois, image)
+        loss, parts = compute_loss(outputs, targets, spec, class_weights, progress)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"non-finite loss {loss.item()} at epoch {epoch}, step {step} (components {parts}); "
+                "lower train.lr or enable train.grad_clip; the last checkpoint is kept"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if grad_clip > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(head.parameters(), grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        for key, value in parts.items():
+            totals[key] = totals.get(key, 0.0) + float(value)
+        steps += 1
+    return {f"train/{k}": v / max(1, steps) for k, v in totals.items()}
+
+
+@torch.no_grad()
+def evaluate(
+    head: torch.nn.Module,
+    loader: DataLoader,
+    features: Any,
+    spec: Any,
+    class_weights: torch.Tensor | None,
+    device: torch.device,
+    *,
+    on_batch: Callable[[Any, dict[str, torch.Tensor]], None] | None = None,
+) -> dict[str, float]:
+    from edgeseg.losses import compute_loss
+    from edgeseg.metrics import MetricAccumulator
+
+    head.eval()
+    metrics = MetricAccumulator()
+    loss_total, batches = 0.0, 0
+    for batch in loader:
+        if batch.rois.shape[0] == 0:
+            continue
+        inputs, rois, image = head_inputs(head, batch, features, device)
+        targets = batch.targets.to(device)
+        outputs = head(inputs, rois, image)
+        loss, _ = compute_loss(outputs, targets, spec, class_weights, 1.0)
+        loss_total += float(loss)
+        batches += 1
+        metrics.update(outputs["logits"].float().cpu(), targets.cpu())
+        if on_batch is not None:
+            on_batch(batch, outputs)
+    result = {f"val/{k}": float(v) for k, v in metrics.compute().items()}
+    result["val/loss"] = loss_total / max(1, batches)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints.
+# ----------------------------------------------------------------------------------------------
+
+
+def _infos_to_dict(infos: Mapping[str, Any]) -> dict[str, dict[str, int]]:
+    return {
+        k: {f: int(getattr(v, f)) for f in ("channels", "stride", "height", "width") if hasattr(v, f)}
+        for k, v in infos.items()
+    }
+
+
+def infos_from_dict(data: Mapping[str, Mapping[str, int]]) -> dict[str, Any]:
+    return {k: types.SimpleNamespace(**v) for k, v in data.items()}
+
+
+def save_checkpoint(directory: Path, state: dict[str, Any]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / (CHECKPOINT_FILE + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(directory / CHECKPOINT_FILE)
+    return directory
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint file or directory; errors name the path."""
+    path = Path(path)
+    file = path / CHECKPOINT_FILE if path.is_dir() else path
+    if not file.exists():
+        raise FileNotFoundError(f"checkpoint {file} does not exist")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises several types for a damaged file
+        raise ValueError(f"checkpoint {file} cannot be read: {exc}") from exc
+    for key in ("model", "config", "model_config", "layer_infos", "epoch"):
+        if key not in state:
+            raise ValueError(f"checkpoint {file} has no {key!r}; it was not written by edgeseg")
+    return state
+
+
+def head_from_checkpoint(state: Mapping[str, Any]) -> tuple[Any, ExperimentConfig, ModelConfig]:
+    config = config_from_dict(state["config"])
+    values: dict[str, Any] = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in state["model_config"].items()
+    }
+    model_cfg = ModelConfig(**values)
+    head = pipeline.build_head(model_cfg, infos_from_dict(state["layer_infos"]))
+    head.load_state_dict(state["model"])
+    return head, config, model_cfg
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+# ----------------------------------------------------------------------------------------------
+# fit
+# ----------------------------------------------------------------------------------------------
+
+
+def fit(
+    config: ExperimentConfig,
+    reporter: Reporter | None = None,
+    *,
+    run_dir: str | Path,
+    resume_from: str | Path | None = None,
+    prepared: pipeline.Prepared | None = None,
+    keep_checkpoints: int = 2,
+    log: Callable[[str], None] = print,
+) -> FitResult:
+    """Train one configuration; checkpoint and report after every epoch; resume exactly."""
+    from edgeseg.complexity import count_parameters, flops_report
+
+    run_dir = Path(run_dir)
+    checkpoints = run_dir / "checkpoints"
+    seed_everything(config.train.seed)
+    prepared = prepared or pipeline.prepare(config, log=log)
+    device = select_device(config.train.device)
+    t = config.train
+
+    head = pipeline.build_head(prepared.model, prepared.layer_infos).to(device)
+    params_count = count_parameters(head)
+    flops = flops_report(head.cpu(), prepared.layer_infos, config.data.input_size)
+    head.to(device)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    train_loader_len = math.ceil(len(prepared.train) / t.batch_size)
+    total_steps = train_loader_len * t.epochs
+    warmup = int(round(t.warmup_epochs * train_loader_len))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, warmup, t.min_lr / t.lr))
+    use_scaler = t.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+    class_weights = (
+        torch.tensor(prepared.class_weights, dtype=torch.float32, device=device)
+        if prepared.class_weights
+        else None
+    )
+    spec = loss_spec(config)
+
+    start_epoch, history, best = 1, [], {"val/miou": -1.0}
+    best_dir = checkpoints / "best"
+    if resume_from is not None:
+        state = load_checkpoint(resume_from)
+        if state["config_hash"] != config.hash():
+            raise ValueError(
+                f"checkpoint {resume_from} was trained with config {state['config_hash']}, not {config.hash()}; "
+                "resume with the same config (or start a new run)"
+            )
+        head.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"])
+        start_epoch = int(state["epoch"]) + 1
+        history = list(state.get("history", []))
+        best = dict(state.get("best_metrics", best))
+        log(f"resuming from {resume_from} at epoch {start_epoch}")
+
+    last_dir = best_dir
+    for epoch in range(start_epoch, t.epochs + 1):
+        began = time.perf_counter()
+        loader = make_loader(
+            prepared.train, t.batch_size, shuffle=True, seed=t.seed, epoch=epoch, workers=t.num_workers
+        )
+        metrics: dict[str, float] = {"epoch": epoch}
+        metrics.update(
+            train_one_epoch(
+                head,
+                loader,
+                prepared.train_features,
+                optimizer,
+                scheduler,
+                scaler,
+                spec,
+                class_weights,
+                device,
+                epoch=epoch,
+                epochs=t.epochs,
+                grad_clip=t.grad_clip,
+                amp=t.amp,
+            )  # fmt: skip
+        )
+        if epoch % t.eval_every == 0 or epoch == t.epochs:
+            val_loader = make_loader(
+                prepared.val, t.batch_size, shuffle=False, seed=t.seed, epoch=0, workers=t.num_workers
+            )
+            metrics.update(evaluate(head, val_loader, prepared.val_features, spec, class_weights, device))
+        metrics["lr"] = optimizer.param_groups[0]["lr"]
+        metrics["params_count"] = float(params_count)
+        metrics["gflops"] = flops["gflops_per_roi"]
+        metrics["gflops_per_image"] = flops["gflops_per_image"]
+        metrics["epoch_seconds"] = time.perf_counter() - began
+        history.append(metrics)
+        improved = metrics.get("val/miou", -1.0) > best.get("val/miou", -1.0)
+        if improved:
+            best = dict(metrics)
+        state = {
+            "model": head.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "epoch": epoch,
+            "config": config.to_dict(),
+            "config_hash": config.hash(),
+            "model_config": dataclasses.asdict(prepared.model),
+            "layer_infos": _infos_to_dict(prepared.layer_infos),
+            "backbone": _backbone_info(prepared.spec),
+            "class_weights": prepared.class_weights,
+            "metrics": metrics,
+            "best_metrics": best,
+            "history": history,
+            "rng": _rng_state(),
+            "edgeseg_version": edgeseg.__version__,
+        }
+        last_dir = save_checkpoint(checkpoints / f"epoch_{epoch:04d}", state)
+        if improved:
+            tmp = checkpoints / "best.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(last_dir, tmp)
+            shutil.rmtree(best_dir, ignore_errors=True)
+            tmp.rename(best_dir)
+        _prune(checkpoints, keep_checkpoints)
+        if reporter is not None:
+            reporter.report(dict(metrics), last_dir)
+    return FitResult(run_dir, best_dir, last_dir, best, history)
+
+
+def _prune(checkpoints: Path, keep: int) -> None:
+    epochs = sorted(p for p in checkpoints.glob("epoch_*") if p.is_dir())
+    for old in epochs[: max(0, len(epochs) - keep)]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _backbone_info(spec: Any) -> dict[str, Any]:
+    info: dict[str, Any] = {}
+    for key in ("onnx_path", "input_name", "input_size"):
+        if hasattr(spec, key):
+            info[key] = str(getattr(spec, key)) if key == "onnx_path" else getattr(spec, key)
+    if hasattr(spec, "preprocessing"):
+        info["preprocessing"] = dataclasses.asdict(spec.preprocessing)
+    if hasattr(spec, "layers"):
+        info["layers"] = {
+            k: {"output_name": v.output_name, "stride": v.stride} for k, v in spec.layers.items()
+        }
+    return info

@@ -1,0 +1,346 @@
+"""From a validated config to the things a trial needs: data sets, backbone, features, a head.
+
+This is the glue every entry point shares (``edgeseg train``, ``validate``, ``export`` and each Ray
+trial), so a search driver can call :func:`prepare` once and every trial then only opens what is
+already built: the synthetic data, the exported backbone and the feature caches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgeseg import paths
+from edgeseg.config import ExperimentConfig, ModelConfig, parse_class_weights
+
+if TYPE_CHECKING:
+    from edgeseg.models.head import RoiSegmentationHead
+
+
+@dataclass(frozen=True)
+class DataFiles:
+    train_annotations: Path
+    train_images: Path
+    val_annotations: Path
+    val_images: Path
+
+
+@contextmanager
+def _file_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def synthetic_root(config: ExperimentConfig) -> Path:
+    d = config.data
+    return paths.home() / "data" / f"synth-{d.synth_train_images}-{d.synth_val_images}-seed0"
+
+
+def ensure_synthetic_data(config: ExperimentConfig, log=print) -> Path:
+    """Generate the embedded synthetic set once (deterministic; safe under concurrent callers)."""
+    from edgeseg.data.synth import write_synth_dataset
+
+    root = synthetic_root(config)
+    done = root / "DONE"
+    if done.exists():
+        return root
+    with _file_lock(root.with_name(root.name + ".lock")):
+        if not done.exists():
+            log(f"generating the synthetic people data set in {root} ...")
+            summary = write_synth_dataset(
+                root, config.data.synth_train_images, config.data.synth_val_images, seed=0
+            )
+            done.write_text(json.dumps(summary, default=str))
+    return root
+
+
+def data_files(config: ExperimentConfig, log=print) -> DataFiles:
+    d = config.data
+    if d.train_annotations:
+        return DataFiles(
+            *(Path(p) for p in (d.train_annotations, d.train_images, d.val_annotations, d.val_images))
+        )
+    root = Path(d.root) if d.root else ensure_synthetic_data(config, log)
+    files = DataFiles(
+        root / "train" / "annotations.json", root / "train" / "images", root / "val" / "annotations.json",
+        root / "val" / "images",
+    )  # fmt: skip
+    for path in (files.train_annotations, files.val_annotations):
+        if not path.exists():
+            raise FileNotFoundError(
+                f"data.root={root}: {path} is missing; expected {root}/train and {root}/val with annotations.json "
+                "and images/ (as written by `edgeseg data synth` or `edgeseg data video-people`)"
+            )
+    return files
+
+
+class LimitedDataset:
+    """The first ``limit`` images of a data set, with an identity that says so (cache keys differ)."""
+
+    def __init__(self, dataset: Any, limit: int) -> None:
+        self.dataset = dataset
+        self.limit = min(limit, len(dataset))
+
+    def __len__(self) -> int:
+        return self.limit
+
+    def __getitem__(self, index: int) -> Any:
+        if not 0 <= index < self.limit:
+            raise IndexError(index)
+        return self.dataset[index]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.dataset, name)
+
+    def identity(self) -> str:
+        return f"{self.dataset.identity()}:first{self.limit}"
+
+
+def build_datasets(config: ExperimentConfig, files: DataFiles, *, mask_size: int | None = None):
+    from edgeseg.data.augment import AugmentConfig
+    from edgeseg.data.dataset import PersonRoiDataset
+
+    d = config.data
+    augment = AugmentConfig(hflip_prob=d.hflip_prob, scale_jitter=d.scale_jitter, color_jitter=d.color_jitter)
+    common: dict[str, Any] = dict(
+        input_size=d.input_size,
+        roi_padding=d.roi_padding,
+        mask_size=mask_size or config.model.mask_size,
+        min_instance_size=d.min_instance_size,
+        max_rois_per_image=d.max_rois_per_image,
+    )
+    train: Any = PersonRoiDataset(
+        files.train_annotations, files.train_images, augment=augment if augment.enabled else None,
+        seed=config.train.seed, **common,
+    )  # fmt: skip
+    val: Any = PersonRoiDataset(
+        files.val_annotations, files.val_images, augment=None, seed=config.train.seed, **common
+    )
+    if d.max_train_images:
+        train = LimitedDataset(train, d.max_train_images)
+    if d.max_val_images:
+        val = LimitedDataset(val, d.max_val_images)
+    return train, val
+
+
+def backbone_spec(config: ExperimentConfig):
+    from edgeseg.backbone.prepare import load_backbone
+
+    b = config.backbone
+    return load_backbone(
+        onnx_path=b.onnx or None, layer_map=b.layer_map or None, input_size=config.data.input_size
+    )
+
+
+def resolve_model(config: ExperimentConfig, spec: Any) -> ModelConfig:
+    """Roles (fine/mid/deep) -> this backbone's layer ids; a role the backbone lacks raises."""
+    from edgeseg.backbone.layer_map import resolve_layers
+
+    m = config.model
+    layers = resolve_layers(m.layers, spec)
+    by_name = dict(zip(m.layers, layers, strict=True))
+    rgb = tuple(by_name.get(name) or resolve_layers([name], spec)[0] for name in m.rgb_layers)
+    return dataclasses.replace(m, layers=tuple(layers), rgb_layers=rgb)
+
+
+def make_extractor(config: ExperimentConfig, spec: Any, layers: Sequence[str]):
+    from edgeseg.backbone.extractor import OnnxFeatureExtractor
+
+    return OnnxFeatureExtractor(
+        spec, layers=list(layers), providers=tuple(config.backbone.providers),
+        intra_op_threads=config.backbone.threads,
+    )  # fmt: skip
+
+
+def feature_source(config: ExperimentConfig, extractor: Any, dataset: Any, log=print):
+    """The cache when allowed (frozen backbone, no augmentation), else on-the-fly features."""
+    from edgeseg.backbone.cache import FeatureCache, OnTheFlyFeatures
+
+    d = config.data
+    augmenting = d.hflip_prob > 0 or d.scale_jitter > 0 or d.color_jitter > 0
+    if d.feature_cache and not (augmenting and getattr(dataset, "augment", None) is not None):
+        return FeatureCache.open_or_build(
+            extractor, dataset, root=paths.subdir("features"), max_bytes=int(d.cache_max_gb * 2**30), log=log
+        )
+    return OnTheFlyFeatures(extractor)
+
+
+@dataclass
+class Prepared:
+    config: ExperimentConfig
+    model: ModelConfig  # layers resolved to this backbone's ids
+    spec: Any
+    layer_infos: Mapping[str, Any]
+    train: Any
+    val: Any
+    train_features: Any
+    val_features: Any
+    class_weights: tuple[float, float, float] | None
+
+
+def class_weights_for(config: ExperimentConfig, train: Any, log=print) -> tuple[float, float, float] | None:
+    """Explicit weights, none, or log weights from the training set's pixel statistics (cached)."""
+    spec = config.loss.class_weights
+    if spec == "none":
+        return None
+    explicit = parse_class_weights(spec)
+    if explicit is not None:
+        return explicit
+    from edgeseg.data.stats import log_class_weights, pixel_statistics
+
+    key = f"{train.identity()}-m{config.model.mask_size}-p{config.data.roi_padding}-r{config.data.max_rois_per_image}"
+    cache = paths.subdir("stats") / f"{_digest(key)}.json"
+    if cache.exists():
+        stats = json.loads(cache.read_text())
+    else:
+        stats = pixel_statistics(train)
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(stats))
+        tmp.replace(cache)
+    weights = log_class_weights(stats["ratios"])
+    return (float(weights[0]), float(weights[1]), float(weights[2]))
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def prepare(config: ExperimentConfig, log=print, *, build_features: bool = True) -> Prepared:
+    """Everything a trial needs, built once (later calls are cache hits)."""
+    files = data_files(config, log)
+    spec = backbone_spec(config)
+    model = resolve_model(config, spec)
+    extractor = make_extractor(config, spec, model.layers)
+    infos = extractor.layer_info()
+    train, val = build_datasets(config, files)
+    train_features = feature_source(config, extractor, train, log) if build_features else None
+    val_features = feature_source(config, extractor, val, log) if build_features else None
+    weights = class_weights_for(config, train, log)
+    return Prepared(config, model, spec, {k: infos[k] for k in model.layers}, train, val, train_features,
+                    val_features, weights)  # fmt: skip
+
+
+def build_head(model: ModelConfig, layer_infos: Mapping[str, Any]) -> RoiSegmentationHead:
+    from edgeseg.models.build import build_head as _build
+
+    return _build(model, layer_infos)
+
+
+def to_jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    onnx_path: Path
+    sidecar_path: Path
+    max_abs_diff: float
+    latency_ms: dict[str, float]
+    params_count: int
+    gflops: float
+    merged_path: Path | None = None
+
+
+def export_checkpoint(
+    checkpoint: str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    merge_backbone: bool = False,
+    tolerance: float = 1e-3,
+    latency_rois: Sequence[int] = (1, 16),
+) -> ExportResult:
+    """ONNX + sidecar for a checkpoint, parity-checked in ONNX Runtime, with latency and complexity.
+
+    With ``merge_backbone`` it also writes ``model_with_backbone.onnx``: one graph taking the image
+    (as the backbone takes it) and ``rois`` and returning ``masks``, for deployment.
+    """
+    from edgeseg import engine
+    from edgeseg.complexity import count_parameters, flops_report, latency_report
+    from edgeseg.export import export_head, merge_backbone_and_head
+
+    state = engine.load_checkpoint(checkpoint)
+    head, config, model_cfg = engine.head_from_checkpoint(state)
+    head.eval()
+    ckpt = Path(checkpoint)
+    out = Path(out_dir) if out_dir else (ckpt if ckpt.is_dir() else ckpt.parent) / "onnx"
+    out.mkdir(parents=True, exist_ok=True)
+    infos = engine.infos_from_dict(state["layer_infos"])
+    ordered = {k: infos[k] for k in head.layer_ids}
+    input_size = config.data.input_size
+    flops = flops_report(head, ordered, input_size)
+    params = count_parameters(head)
+    backbone = state.get("backbone", {})
+    report = export_head(
+        head, ordered, input_size, out / "model.onnx",
+        config_dict=config.to_dict(), metrics=to_jsonable(state.get("metrics", {})),
+        extra={
+            "backbone": to_jsonable(backbone),
+            "preprocessing": to_jsonable(backbone.get("preprocessing", {})),
+            "epoch": int(state["epoch"]),
+            "config_hash": state.get("config_hash", config.hash()),
+            "params_count": params,
+            "gflops_per_roi": flops["gflops_per_roi"],
+            "gflops_per_image": flops["gflops_per_image"],
+        },
+        tolerance=tolerance,
+    )  # fmt: skip
+    latency = latency_report(
+        head, ordered, input_size, onnx_path=report.onnx_path, num_rois=tuple(latency_rois)
+    )
+    merged = None
+    if merge_backbone:
+        onnx_file = backbone.get("onnx_path")
+        if not onnx_file or not Path(onnx_file).exists():
+            raise FileNotFoundError(
+                f"checkpoint {checkpoint}: backbone ONNX {onnx_file!r} is not on this machine"
+            )
+        names = {k: backbone["layers"][k]["output_name"] for k in head.layer_ids}
+        scale = None
+        if head.needs_image:
+            prep = backbone.get("preprocessing", {})
+            if float(prep.get("scale", 1.0)) != 1.0 or any(
+                float(m) != 0.0 for m in _as_list(prep.get("mean", 0))
+            ):
+                raise ValueError(
+                    "merge_backbone: the RGB branch needs the raw image, but this backbone normalises its input "
+                    "inside the caller; export the head alone and feed `image` separately"
+                )
+            scale = 1.0
+        merged = merge_backbone_and_head(onnx_file, names, report.onnx_path, out / "model_with_backbone.onnx",
+                                         image_scale=scale)  # fmt: skip
+    return ExportResult(
+        report.onnx_path,
+        report.sidecar_path,
+        report.max_abs_diff,
+        latency,
+        params,
+        flops["gflops_per_roi"],
+        merged,
+    )
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list | tuple) else [value]

@@ -1,0 +1,177 @@
+"""The engine end to end on the synthetic people with the real EfficientNet-Lite0 backbone.
+
+One short training is shared by the module; the tests then check what it produced: the loss falls
+and mIoU rises well above the untrained head, a resume reproduces the next epoch exactly, a
+non-finite loss stops with a clear error and keeps the checkpoints, ``validate`` agrees with the
+training-time metrics, and the exported ONNX gives the same masks in ONNX Runtime as torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from PIL import Image
+
+from edgeseg import engine, pipeline
+from edgeseg.cli import main
+from edgeseg.config import load_config
+from edgeseg.workflows import validate_checkpoint
+
+pytestmark = pytest.mark.integration
+
+EPOCHS = 6
+OVERRIDES = {
+    "data.input_size": 192,
+    "data.synth_train_images": 32,
+    "data.synth_val_images": 8,
+    "model.channels": 32,
+    "model.roi_size": 14,
+    "model.mask_size": 28,
+    "train.epochs": EPOCHS,
+    "train.batch_size": 4,
+    "train.lr": 3e-3,
+}
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory):
+    path = tmp_path_factory.mktemp("edgeseg-home")
+    old = os.environ.get("EDGESEG_HOME")
+    os.environ["EDGESEG_HOME"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("EDGESEG_HOME", None)
+    else:
+        os.environ["EDGESEG_HOME"] = old
+
+
+@pytest.fixture(scope="module")
+def trained(home: Path, tmp_path_factory: pytest.TempPathFactory):
+    config = load_config("baseline", overrides=OVERRIDES)
+    prepared = pipeline.prepare(config, log=lambda _: None)
+    # the untrained head: same seed, same construction as fit's
+    engine.seed_everything(config.train.seed)
+    untrained = pipeline.build_head(prepared.model, prepared.layer_infos)
+    loader = engine.make_loader(prepared.val, 4, shuffle=False, seed=0, epoch=0, workers=0)
+    weights = torch.tensor(prepared.class_weights)
+    before = engine.evaluate(
+        untrained, loader, prepared.val_features, engine.loss_spec(config), weights, torch.device("cpu")
+    )
+    reports: list[tuple[dict, Path]] = []
+
+    class Collect:
+        def report(self, metrics: dict, checkpoint_dir: Path) -> None:
+            assert (checkpoint_dir / engine.CHECKPOINT_FILE).exists()
+            reports.append((metrics, checkpoint_dir))
+
+    run_dir = tmp_path_factory.mktemp("run")
+    result = engine.fit(config, Collect(), run_dir=run_dir, prepared=prepared, log=lambda _: None)
+    return config, prepared, before, result, reports
+
+
+def test_training_lowers_the_loss_and_raises_miou(trained) -> None:
+    _, _, before, result, reports = trained
+    assert [int(m["epoch"]) for m, _ in reports] == list(range(1, EPOCHS + 1))
+    first, last = result.history[0], result.history[-1]
+    assert last["train/loss"] < 0.9 * first["train/loss"]
+    assert result.best_metrics["val/miou"] > before["val/miou"] + 0.1
+    assert result.best_metrics["val/iou_target"] > 0.3
+    assert last["params_count"] > 0 and last["gflops"] > 0
+
+
+def test_checkpoint_holds_what_resume_needs(trained) -> None:
+    config, _, _, result, _ = trained
+    state = engine.load_checkpoint(result.last_checkpoint)
+    for key in ("model", "optimizer", "scheduler", "epoch", "config", "metrics", "rng", "layer_infos"):
+        assert key in state
+    assert state["epoch"] == EPOCHS
+    assert state["config_hash"] == config.hash()
+    best = engine.load_checkpoint(result.best_checkpoint)
+    assert best["metrics"]["val/miou"] == pytest.approx(result.best_metrics["val/miou"])
+    # only the newest checkpoints are kept (plus best)
+    kept = sorted(p.name for p in (result.run_dir / "checkpoints").glob("epoch_*"))
+    assert kept == [f"epoch_{EPOCHS - 1:04d}", f"epoch_{EPOCHS:04d}"]
+
+
+def test_resume_reproduces_the_next_epoch_exactly(trained, tmp_path: Path) -> None:
+    config, prepared, _, result, _ = trained
+    resumed = engine.fit(
+        config,
+        run_dir=tmp_path,
+        resume_from=result.run_dir / "checkpoints" / f"epoch_{EPOCHS - 1:04d}",
+        prepared=prepared,
+        log=lambda _: None,
+    )
+    assert [int(m["epoch"]) for m in resumed.history] == list(range(1, EPOCHS + 1))
+    original, again = result.history[-1], resumed.history[-1]
+    for key in ("train/loss", "val/loss", "val/miou"):
+        assert again[key] == pytest.approx(original[key], rel=1e-5, abs=1e-6), key
+
+
+def test_resume_with_another_config_is_refused(trained, tmp_path: Path) -> None:
+    config, prepared, _, result, _ = trained
+    other = load_config("baseline", overrides={**OVERRIDES, "train.lr": 1e-3})
+    with pytest.raises(ValueError, match="config"):
+        engine.fit(other, run_dir=tmp_path, resume_from=result.last_checkpoint, prepared=prepared, log=lambda _: None)
+
+
+def test_non_finite_loss_stops_clearly_and_keeps_checkpoints(trained, tmp_path: Path, monkeypatch) -> None:
+    config, prepared, _, result, _ = trained
+    import edgeseg.losses
+
+    def nan_loss(outputs, targets, spec, class_weights, progress):
+        return outputs["logits"].sum() * float("nan"), {"loss": float("nan")}
+
+    monkeypatch.setattr(edgeseg.losses, "compute_loss", nan_loss)
+    start = result.run_dir / "checkpoints" / f"epoch_{EPOCHS - 1:04d}"
+    with pytest.raises(engine.NonFiniteLossError, match=f"epoch {EPOCHS}, step 0"):
+        engine.fit(config, run_dir=tmp_path, resume_from=start, prepared=prepared, log=lambda _: None)
+    assert (start / engine.CHECKPOINT_FILE).exists()
+    assert not list((tmp_path / "checkpoints").glob("epoch_*")) if (tmp_path / "checkpoints").exists() else True
+
+
+def test_validate_agrees_with_training_and_draws_overlays(trained, tmp_path: Path) -> None:
+    _, _, _, result, _ = trained
+    report = validate_checkpoint(result.best_checkpoint, out_dir=tmp_path, overlays=2, log=lambda _: None)
+    metrics = json.loads(Path(report["metrics_file"]).read_text())["metrics"]
+    assert metrics["val/miou"] == pytest.approx(result.best_metrics["val/miou"], abs=1e-6)
+    assert 0.0 <= metrics["val/mask_ap"] <= 1.0 and metrics["val/mask_ap50"] >= metrics["val/mask_ap75"]
+    pngs = sorted((tmp_path / "overlays").glob("*.png"))
+    assert len(pngs) == 2
+    pixels = np.asarray(Image.open(pngs[0]).convert("RGB"))
+    assert pixels.shape[1] > pixels.shape[0]  # ground truth next to prediction
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50
+
+
+def test_export_matches_torch_on_real_features(trained, tmp_path: Path) -> None:
+    _, prepared, _, result, _ = trained
+    exported = pipeline.export_checkpoint(result.best_checkpoint, tmp_path, latency_rois=(1,))
+    assert exported.max_abs_diff < 1e-3
+    sidecar = json.loads(exported.sidecar_path.read_text())
+    assert sidecar["mask_size"] == 28 and sidecar["class_names"] == ["background", "target", "other"]
+    state = engine.load_checkpoint(result.best_checkpoint)
+    head, _, _ = engine.head_from_checkpoint(state)
+    head.eval()
+    session = ort.InferenceSession(str(exported.onnx_path), providers=["CPUExecutionProvider"])
+    batch = next(iter(engine.make_loader(prepared.val, 4, shuffle=False, seed=0, epoch=0, workers=0)))
+    inputs, rois, _ = engine.head_inputs(head, batch, prepared.val_features, torch.device("cpu"))
+    feed = {f"features_{k}": t.numpy() for k, t in zip(head.layer_ids, inputs, strict=True)}
+    feed["rois"] = rois.numpy()
+    onnx_masks = session.run(["masks"], feed)[0]
+    with torch.no_grad():
+        torch_masks = head(inputs, rois)["logits"].numpy()
+    assert np.abs(onnx_masks - torch_masks).max() < 1e-3
+    agree = (onnx_masks.argmax(1) == torch_masks.argmax(1)).mean()
+    assert agree > 0.999
+
+
+def test_cli_bad_override_names_the_key(home: Path, capsys) -> None:
+    code = main(["train", "--preset", "baseline", "--set", "train.learning_rate=1"])
+    assert code == 2
+    assert "train.learning_rate" in capsys.readouterr().err
