@@ -118,7 +118,9 @@ def test_resume_with_another_config_is_refused(trained, tmp_path: Path) -> None:
     config, prepared, _, result, _ = trained
     other = load_config("baseline", overrides={**OVERRIDES, "train.lr": 1e-3})
     with pytest.raises(ValueError, match="config"):
-        engine.fit(other, run_dir=tmp_path, resume_from=result.last_checkpoint, prepared=prepared, log=lambda _: None)
+        engine.fit(
+            other, run_dir=tmp_path, resume_from=result.last_checkpoint, prepared=prepared, log=lambda _: None
+        )
 
 
 def test_non_finite_loss_stops_clearly_and_keeps_checkpoints(trained, tmp_path: Path, monkeypatch) -> None:
@@ -133,7 +135,9 @@ def test_non_finite_loss_stops_clearly_and_keeps_checkpoints(trained, tmp_path: 
     with pytest.raises(engine.NonFiniteLossError, match=f"epoch {EPOCHS}, step 0"):
         engine.fit(config, run_dir=tmp_path, resume_from=start, prepared=prepared, log=lambda _: None)
     assert (start / engine.CHECKPOINT_FILE).exists()
-    assert not list((tmp_path / "checkpoints").glob("epoch_*")) if (tmp_path / "checkpoints").exists() else True
+    assert (
+        not list((tmp_path / "checkpoints").glob("epoch_*")) if (tmp_path / "checkpoints").exists() else True
+    )
 
 
 def test_validate_agrees_with_training_and_draws_overlays(trained, tmp_path: Path) -> None:

@@ -1,0 +1,53 @@
+"""``make demo``: the smoke search end to end on this machine, then what a user looks at next.
+
+Local Ray, SQLite MLflow under ``$EDGESEG_HOME/mlflow``, the synthetic people, the default
+EfficientNet-Lite0 backbone. It prints the trial table, a short ablation summary, the path of the
+fetched best ONNX and how to open the MLflow UI.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SMOKE = Path(__file__).resolve().parents[1] / "searches" / "smoke.yaml"
+
+
+def run_demo(spec_path: str | Path = SMOKE) -> int:
+    from edgeseg import paths
+    from edgeseg.report.ablation import ablation, to_markdown
+    from edgeseg.search.artifacts import fetch_best
+    from edgeseg.search.control import format_status, search_status
+    from edgeseg.search.spec import load_spec
+    from edgeseg.search.tuner import run_search
+
+    spec = load_spec(spec_path).resolved()
+    print(f"edgeseg demo: search {spec.name!r} from {spec_path}\n  {spec.description}")
+    print(f"  home: {paths.home()}   MLflow: {spec.mlflow.tracking_uri}   storage: {spec.storage}\n")
+    outcome = run_search(spec, fresh=True)
+    print(
+        f"\nsearch {outcome.name} {outcome.state} in {outcome.wall_s:.0f} s: {outcome.trials} trials, "
+        f"{outcome.pruned} pruned by ASHA, {outcome.errored} errored, {outcome.epochs_trained} epochs trained"
+    )
+    print("\n" + format_status(search_status(spec.name, storage=str(spec.storage))))
+    print(
+        "\n"
+        + to_markdown(
+            ablation(
+                spec.experiment_name, str(spec.mlflow.tracking_uri), outcome.search_id, include_pruned=True
+            )
+        )
+    )
+    out = paths.subdir("demo") / "best.onnx"
+    best = fetch_best(spec.name, out=out, storage=str(spec.storage))
+    print(
+        f"\nbest trial {best.trial_id}: {best.metric}={best.value:.4f}, {best.gflops} GFLOPs/ROI, "
+        f"{best.latency_ms} ms\n  ONNX: {best.onnx_path}\n  sidecar: {best.sidecar_path}"
+    )
+    print(
+        "\nNext:\n"
+        "  .venv/bin/edgeseg ui                 # MLflow UI on http://127.0.0.1:5000 (Ctrl-C to stop)\n"
+        f"  .venv/bin/edgeseg search status {spec.name}\n"
+        f"  .venv/bin/edgeseg report {spec.name}\n"
+        "  .venv/bin/edgeseg search run searches/ablation.yaml   # the seed's feature grid (longer)"
+    )
+    return 0 if outcome.state == "finished" else 3

@@ -1,0 +1,553 @@
+"""Search specs: a YAML file -> a frozen, validated :class:`SearchSpec`.
+
+A spec names a base experiment (a preset plus dotted overrides), a search space over any config key
+(or over named *bundles* of keys, for ablation axes whose keys must change together), a searcher
+(Optuna TPE, grid, random), a scheduler (ASHA or FIFO), trial resources and where results go. All
+checking happens here, once; every error names the file and the key. Values that depend on the
+machine (storage folder, MLflow store) stay ``None`` until :meth:`SearchSpec.resolved` fills them on
+the driver, so a spec validated on a laptop can be submitted to a cluster.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from edgeseg import paths
+from edgeseg.config import ConfigError, ExperimentConfig, apply_overrides, load_config, validate
+
+DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "int")
+SEARCHERS = ("optuna", "grid", "random")
+SCHEDULERS = ("asha", "fifo")
+EXECUTORS = ("train", "function")
+METRICS = (
+    "val/miou",
+    "val/iou_target",
+    "val/iou_other",
+    "val/miou_per_roi",
+    "val/boundary_f",
+    "val/loss",
+    "train/loss",
+)
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class SpecError(ConfigError):
+    """A search spec is invalid; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One dimension of the search space.
+
+    ``name`` is a dotted config key (values are config values) or, for a *bundle* axis, any other
+    name whose values are mappings of dotted keys (e.g. ``multiscale: {model.layers: fine,mid,deep}``).
+    """
+
+    name: str
+    kind: str  # one of DISTRIBUTIONS
+    values: tuple[Any, ...] = ()  # choice / grid
+    low: float = 0.0  # uniform / loguniform / int (inclusive)
+    high: float = 0.0
+
+    @property
+    def is_bundle(self) -> bool:
+        return self.kind in ("choice", "grid") and bool(self.values) and isinstance(self.values[0], tuple)
+
+    def to_yaml(self) -> dict[str, Any]:
+        if self.kind in ("choice", "grid"):
+            values = [dict(v) if self.is_bundle else _listify(v) for v in self.values]
+            return {self.kind: values}
+        low, high = (int(self.low), int(self.high)) if self.kind == "int" else (self.low, self.high)
+        return {self.kind: [low, high]}
+
+
+@dataclass(frozen=True)
+class SearcherSpec:
+    kind: str = "optuna"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    kind: str = "asha"
+    max_t: int = 0  # epochs; 0 = the base config's train.epochs
+    grace_period: int = 1
+    reduction_factor: float = 2.0
+
+
+@dataclass(frozen=True)
+class ResourcesSpec:
+    executor: str = "train"  # train: each trial is a Ray Train TorchTrainer run; function: one process
+    workers: int = 1  # Ray Train workers per trial (DDP when > 1)
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0  # fractions let small heads share a GPU
+
+
+@dataclass(frozen=True)
+class MlflowSpec:
+    tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI or SQLite under $EDGESEG_HOME/mlflow
+    experiment: str | None = None  # None: the search name
+    artifact_location: str | None = None  # None: $EDGESEG_HOME/mlflow/artifacts/<experiment> (local stores)
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    name: str
+    preset: str
+    overrides: tuple[tuple[str, Any], ...] = ()
+    space: tuple[Axis, ...] = ()
+    description: str = ""
+    searcher: SearcherSpec = field(default_factory=SearcherSpec)
+    scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
+    metric: str = "val/miou"
+    mode: str = "max"
+    num_samples: int = 1
+    repeats: int = 1
+    skip_invalid: bool = False
+    resources: ResourcesSpec = field(default_factory=ResourcesSpec)
+    max_concurrent_trials: int = 2
+    max_failures: int = 1
+    keep_checkpoints: int = 2
+    storage: str | None = None  # None: $EDGESEG_HOME/searches; a path (local, NFS) or s3://bucket/prefix
+    home: str | None = None  # EDGESEG_HOME for the trials; None: the driver's
+    mlflow: MlflowSpec = field(default_factory=MlflowSpec)
+    export_onnx: bool = True
+    source: str = "<spec>"
+
+    # ------------------------------------------------------------------------------------------
+    def base_overrides(self) -> dict[str, Any]:
+        return {k: _listify(v) for k, v in self.overrides}
+
+    def base_config(self) -> ExperimentConfig:
+        return load_config(self.preset, overrides=self.base_overrides())
+
+    @property
+    def max_epochs(self) -> int:
+        """The epoch budget of one trial (ASHA's max_t)."""
+        return self.scheduler.max_t or self.base_config().train.epochs
+
+    @property
+    def experiment_name(self) -> str:
+        return self.mlflow.experiment or self.name
+
+    def resolved(self) -> SearchSpec:
+        """Machine-dependent defaults filled in (called on the driver)."""
+        home = Path(self.home).expanduser().resolve() if self.home else paths.home()
+        storage = self.storage or str(home / "searches")
+        if "://" not in storage:
+            storage = str(Path(storage).expanduser().resolve())
+        tracking = self.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
+        if not tracking:
+            (home / "mlflow").mkdir(parents=True, exist_ok=True)
+            tracking = f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
+        artifacts = self.mlflow.artifact_location
+        if artifacts is None and not tracking.startswith(("http://", "https://", "databricks")):
+            artifacts = (home / "mlflow" / "artifacts" / self.experiment_name).as_uri()
+        mlflow = MlflowSpec(tracking, self.experiment_name, artifacts)
+        return dataclasses.replace(self, storage=storage, home=str(home), mlflow=mlflow)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The YAML schema again (``spec_from_mapping(spec.to_dict())`` round-trips)."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "base": {"preset": self.preset, "overrides": self.base_overrides()},
+            "space": {axis.name: axis.to_yaml() for axis in self.space},
+            "searcher": dataclasses.asdict(self.searcher),
+            "scheduler": dataclasses.asdict(self.scheduler),
+            "metric": self.metric,
+            "mode": self.mode,
+            "num_samples": self.num_samples,
+            "repeats": self.repeats,
+            "skip_invalid": self.skip_invalid,
+            "resources": dataclasses.asdict(self.resources),
+            "max_concurrent_trials": self.max_concurrent_trials,
+            "max_failures": self.max_failures,
+            "keep_checkpoints": self.keep_checkpoints,
+            "storage": self.storage,
+            "home": self.home,
+            "mlflow": dataclasses.asdict(self.mlflow),
+            "export_onnx": self.export_onnx,
+        }
+
+
+def _listify(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _tuplify(value: Any) -> Any:
+    return tuple(_tuplify(v) for v in value) if isinstance(value, list) else value
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading.
+# ----------------------------------------------------------------------------------------------
+
+_TOP_KEYS = {
+    "name", "description", "base", "space", "searcher", "scheduler", "metric", "mode", "num_samples",
+    "repeats", "skip_invalid", "resources", "max_concurrent_trials", "max_failures", "keep_checkpoints",
+    "storage", "home", "mlflow", "export_onnx",
+}  # fmt: skip
+
+
+def load_spec(path: str | Path) -> SearchSpec:
+    """Read and validate a search spec YAML file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError as exc:
+        raise SpecError(f"search spec {path} does not exist") from exc
+    except yaml.YAMLError as exc:
+        raise SpecError(f"search spec {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, Mapping):
+        raise SpecError(f"search spec {path}: the top level must be a mapping (name, base, space, ...)")
+    return spec_from_mapping(data, source=str(path))
+
+
+def spec_from_mapping(data: Mapping[str, Any], source: str = "<spec>") -> SearchSpec:
+    """Validate a parsed spec; every error names ``source`` and the offending key."""
+    r = _Reader(source)
+    unknown = set(data) - _TOP_KEYS
+    if unknown:
+        r.fail(sorted(unknown)[0], f"unknown key; allowed: {', '.join(sorted(_TOP_KEYS))}")
+    name = r.string(data, "name", required=True)
+    if not NAME_PATTERN.match(name):
+        r.fail("name", f"{name!r} must be 1-64 characters of letters, digits, '_', '.', '-' (used in paths)")
+
+    base = r.section(data, "base", {"preset", "overrides"}, required=True)
+    preset = r.string(base, "preset", key="base.preset", default="baseline")
+    overrides_raw = r.section(base, "overrides", None, key="base.overrides")
+    overrides = {str(k): v for k, v in overrides_raw.items()}
+    try:
+        base_config = load_config(preset, overrides=overrides)
+    except ConfigError as exc:
+        raise SpecError(f"search spec {source}: base: {exc}") from exc
+
+    searcher_raw = r.section(data, "searcher", {"kind", "seed"})
+    searcher = SearcherSpec(
+        kind=r.choice(searcher_raw, "kind", SEARCHERS, key="searcher.kind", default="optuna"),
+        seed=r.integer(searcher_raw, "seed", key="searcher.seed", default=0),
+    )
+    scheduler_raw = r.section(data, "scheduler", {"kind", "max_t", "grace_period", "reduction_factor"})
+    scheduler = SchedulerSpec(
+        kind=r.choice(scheduler_raw, "kind", SCHEDULERS, key="scheduler.kind", default="asha"),
+        max_t=r.integer(scheduler_raw, "max_t", key="scheduler.max_t", default=0, minimum=0),
+        grace_period=r.integer(
+            scheduler_raw, "grace_period", key="scheduler.grace_period", default=1, minimum=1
+        ),
+        reduction_factor=r.number(
+            scheduler_raw, "reduction_factor", key="scheduler.reduction_factor", default=2.0
+        ),
+    )
+    resources_raw = r.section(
+        data, "resources", {"executor", "workers", "cpus_per_worker", "gpus_per_worker"}
+    )
+    resources = ResourcesSpec(
+        executor=r.choice(resources_raw, "executor", EXECUTORS, key="resources.executor", default="train"),
+        workers=r.integer(resources_raw, "workers", key="resources.workers", default=1, minimum=1),
+        cpus_per_worker=r.number(
+            resources_raw, "cpus_per_worker", key="resources.cpus_per_worker", default=1.0
+        ),
+        gpus_per_worker=r.number(
+            resources_raw, "gpus_per_worker", key="resources.gpus_per_worker", default=0.0
+        ),
+    )
+    mlflow_raw = r.section(data, "mlflow", {"tracking_uri", "experiment", "artifact_location"})
+    mlflow = MlflowSpec(
+        tracking_uri=r.string(mlflow_raw, "tracking_uri", key="mlflow.tracking_uri", default=None),
+        experiment=r.string(mlflow_raw, "experiment", key="mlflow.experiment", default=None),
+        artifact_location=r.string(
+            mlflow_raw, "artifact_location", key="mlflow.artifact_location", default=None
+        ),
+    )
+    space = _read_space(r, data.get("space") or {}, base_config)
+
+    spec = SearchSpec(
+        name=name,
+        preset=preset,
+        overrides=tuple((k, _tuplify(v)) for k, v in overrides.items()),
+        space=space,
+        description=r.string(data, "description", default=""),
+        searcher=searcher,
+        scheduler=scheduler,
+        metric=r.choice(data, "metric", METRICS, default="val/miou"),
+        mode=r.choice(data, "mode", ("max", "min"), default="max"),
+        num_samples=r.integer(data, "num_samples", default=1, minimum=1),
+        repeats=r.integer(data, "repeats", default=1, minimum=1),
+        skip_invalid=r.boolean(data, "skip_invalid", default=False),
+        resources=resources,
+        max_concurrent_trials=r.integer(data, "max_concurrent_trials", default=2, minimum=1),
+        max_failures=r.integer(data, "max_failures", default=1, minimum=0),
+        keep_checkpoints=r.integer(data, "keep_checkpoints", default=2, minimum=1),
+        storage=r.string(data, "storage", default=None),
+        home=r.string(data, "home", default=None),
+        mlflow=mlflow,
+        export_onnx=r.boolean(data, "export_onnx", default=True),
+        source=source,
+    )
+    _check_combinations(r, spec, base_config)
+    return spec
+
+
+def _read_space(r: _Reader, raw: Any, base: ExperimentConfig) -> tuple[Axis, ...]:
+    if not isinstance(raw, Mapping):
+        r.fail("space", "must be a mapping of axis -> {choice|grid|uniform|loguniform|int: ...}")
+    axes = []
+    for name, dist in raw.items():
+        key = f"space.{name}"
+        if not isinstance(dist, Mapping) or len(dist) != 1:
+            r.fail(key, f"must be a mapping with exactly one of {', '.join(DISTRIBUTIONS)}, got {dist!r}")
+        ((kind, args),) = dist.items()
+        if kind not in DISTRIBUTIONS:
+            r.fail(key, f"unknown distribution {kind!r}; use one of {', '.join(DISTRIBUTIONS)}")
+        is_config_key = "." in str(name)
+        if kind in ("choice", "grid"):
+            if not isinstance(args, list) or not args:
+                r.fail(f"{key}.{kind}", f"needs a non-empty list of values, got {args!r}")
+            bundles = [isinstance(v, Mapping) for v in args]
+            if any(bundles) and not all(bundles):
+                r.fail(f"{key}.{kind}", "mixes mappings (bundles of overrides) and plain values")
+            if all(bundles):
+                if is_config_key:
+                    r.fail(key, "a bundle axis (values are mappings of config keys) needs a name without '.'")
+                values = []
+                for i, bundle in enumerate(args):
+                    _check_overrides(r, f"{key}.{kind}[{i}]", base, {str(k): v for k, v in bundle.items()})
+                    values.append(tuple((str(k), _tuplify(v)) for k, v in bundle.items()))
+                axes.append(Axis(str(name), kind, values=tuple(values)))
+                continue
+            if not is_config_key:
+                r.fail(
+                    key, "is not a config key (section.key, e.g. train.lr); a named axis needs mapping values"
+                )
+            for i, value in enumerate(args):
+                _check_overrides(r, f"{key}.{kind}[{i}]", base, {str(name): value})
+            axes.append(Axis(str(name), kind, values=tuple(_tuplify(v) for v in args)))
+            continue
+        if not is_config_key:
+            r.fail(key, "is not a config key (section.key, e.g. train.lr)")
+        if not isinstance(args, list) or len(args) != 2 or not all(_is_number(v) for v in args):
+            r.fail(f"{key}.{kind}", f"needs [low, high] numbers, got {args!r}")
+        low, high = float(args[0]), float(args[1])
+        if kind == "int":
+            if not all(float(v).is_integer() for v in args) or low > high:
+                r.fail(f"{key}.int", f"needs integers low <= high (both inclusive), got {args!r}")
+            ends: list[Any] = [int(low), int(high)]
+        else:
+            if not low < high:
+                r.fail(f"{key}.{kind}", f"needs low < high, got {args!r}")
+            if kind == "loguniform" and low <= 0:
+                r.fail(f"{key}.loguniform", f"needs 0 < low < high, got {args!r}")
+            ends = [low, high]
+        for value in ends:
+            _check_overrides(r, f"{key}.{kind}", base, {str(name): value}, ranges=True)
+        axes.append(Axis(str(name), kind, low=low, high=high))
+    return tuple(axes)
+
+
+def _check_overrides(
+    r: _Reader, key: str, base: ExperimentConfig, overrides: Mapping[str, Any], ranges: bool = False
+) -> None:
+    """The keys exist and the values have the right types; with ``ranges``, they are in range too.
+
+    Ranges are checked for the ends of continuous axes only: a choice that is invalid just with
+    the base (roi_sizes for 3 layers on a 1-layer base) may be valid with another axis's value, so
+    those are checked per grid cell (here) or per trial (Optuna, random).
+    """
+    try:
+        config = apply_overrides(base, overrides, source=f"search spec {r.source}: {key}")
+    except ConfigError as exc:
+        if "search spec" in str(exc):
+            raise SpecError(str(exc)) from exc
+        raise SpecError(f"search spec {r.source}: {key}: {exc}") from exc
+    if not ranges:
+        return
+    try:
+        validate(config)
+    except ConfigError as exc:
+        if any(f"config key {k!r}" in str(exc) for k in overrides):
+            raise SpecError(f"search spec {r.source}: {key}: {exc}") from exc
+
+
+def _check_combinations(r: _Reader, spec: SearchSpec, base: ExperimentConfig) -> None:
+    from edgeseg.search import space as space_mod
+
+    kinds = {axis.name: axis.kind for axis in spec.space}
+    keys = {k for axis in spec.space for k in space_mod.axis_keys(axis)}
+    if spec.searcher.kind == "optuna":
+        for axis in spec.space:
+            if axis.kind == "grid":
+                r.fail(
+                    f"space.{axis.name}",
+                    "grid axes need searcher.kind grid or random; Optuna samples (use choice)",
+                )
+            if axis.is_bundle:
+                r.fail(
+                    f"space.{axis.name}",
+                    "bundle axes need searcher.kind grid or random (Optuna takes scalars)",
+                )
+            if axis.kind == "choice" and not all(
+                isinstance(v, str | int | float | bool) for v in axis.values
+            ):
+                r.fail(f"space.{axis.name}.choice", "Optuna choices must be scalars (write lists as 'a,b')")
+        if spec.repeats > 1:
+            r.fail(
+                "repeats",
+                "repeats need searcher.kind grid or random (Optuna would treat seeds as a parameter)",
+            )
+        if not spec.space:
+            r.fail("space", "searcher optuna needs at least one axis")
+    if spec.searcher.kind == "grid":
+        for name, kind in kinds.items():
+            if kind != "grid":
+                r.fail(f"space.{name}", f"searcher.kind grid takes only grid axes, not {kind}")
+        if spec.num_samples != 1:
+            r.fail("num_samples", "must be 1 with searcher.kind grid (the grid defines the trials)")
+    if spec.repeats > 1 and "train.seed" in keys:
+        r.fail("repeats", "repeats set train.seed; do not also search over train.seed")
+    if "train.eval_every" in keys or base.train.eval_every != 1:
+        r.fail("base.overrides.train.eval_every", "searches need validation metrics every epoch; keep it 1")
+    if spec.scheduler.kind == "asha":
+        if "train.epochs" in keys and not spec.scheduler.max_t:
+            r.fail("scheduler.max_t", "is required when train.epochs is searched")
+        max_t = spec.scheduler.max_t or base.train.epochs
+        if "train.epochs" not in keys and max_t > base.train.epochs:
+            r.fail(
+                "scheduler.max_t",
+                f"{max_t} exceeds train.epochs={base.train.epochs}; trials would never reach it",
+            )
+        if spec.scheduler.grace_period > max_t:
+            r.fail("scheduler.grace_period", f"{spec.scheduler.grace_period} exceeds max_t={max_t}")
+        if spec.scheduler.reduction_factor <= 1:
+            r.fail("scheduler.reduction_factor", "must be > 1")
+    elif spec.scheduler.max_t:
+        r.fail("scheduler.max_t", "only applies to scheduler.kind asha")
+    res = spec.resources
+    if res.cpus_per_worker <= 0:
+        r.fail("resources.cpus_per_worker", "must be > 0")
+    if res.gpus_per_worker < 0 or (res.gpus_per_worker > 1 and not float(res.gpus_per_worker).is_integer()):
+        r.fail("resources.gpus_per_worker", "must be a fraction in [0, 1] or a whole number of GPUs")
+    if res.workers > 1:
+        # Several workers would each train the whole model on all data: not data-parallel, just waste.
+        r.fail("resources.workers", "> 1 needs data-parallel training in edgeseg.engine.fit, which trains "
+               "in one process today; use 1 (GPUs per worker can still be fractional)")  # fmt: skip
+    if res.executor == "function" and res.workers != 1:
+        r.fail(
+            "resources.workers", "the function executor runs one process; use executor: train for workers > 1"
+        )
+    if spec.searcher.kind == "grid":
+        try:
+            space_mod.grid_variants(spec, base)
+        except ConfigError as exc:
+            raise SpecError(f"search spec {r.source}: {exc}") from exc
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+class _Reader:
+    """Typed access to spec values with errors that name the file and the dotted key."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, key: str, message: str) -> Any:
+        raise SpecError(f"search spec {self.source}: key {key!r}: {message}")
+
+    def section(
+        self, data: Mapping[str, Any], name: str, allowed: set[str] | None, *, key: str | None = None,
+        required: bool = False,
+    ) -> Mapping[str, Any]:  # fmt: skip
+        key = key or name
+        value = data.get(name)
+        if value is None:
+            if required:
+                self.fail(key, "is required")
+            return {}
+        if not isinstance(value, Mapping):
+            self.fail(key, f"must be a mapping, got {value!r}")
+        if allowed is not None:
+            unknown = set(value) - allowed
+            if unknown:
+                self.fail(
+                    f"{key}.{sorted(unknown)[0]}", f"unknown key; allowed: {', '.join(sorted(allowed))}"
+                )
+        return value
+
+    def string(
+        self, data: Mapping[str, Any], name: str, *, key: str | None = None, default: Any = "",
+        required: bool = False,
+    ) -> Any:  # fmt: skip
+        key = key or name
+        if data.get(name) is None:
+            if required:
+                self.fail(key, "is required")
+            return default
+        value = data[name]
+        if not isinstance(value, str):
+            self.fail(key, f"must be a string, got {value!r}")
+        return value
+
+    def choice(
+        self, data: Mapping[str, Any], name: str, allowed: tuple[str, ...], *, key: str | None = None,
+        default: str,
+    ) -> str:  # fmt: skip
+        value = self.string(data, name, key=key, default=default)
+        if value not in allowed:
+            self.fail(key or name, f"{value!r} is not one of {', '.join(allowed)}")
+        return value
+
+    def integer(
+        self,
+        data: Mapping[str, Any],
+        name: str,
+        *,
+        key: str | None = None,
+        default: int,
+        minimum: int | None = None,
+    ) -> int:
+        key = key or name
+        value = data.get(name, default)
+        if value is None:
+            value = default
+        if isinstance(value, bool) or not isinstance(value, int | float) or not float(value).is_integer():
+            self.fail(key, f"must be an integer, got {value!r}")
+        if minimum is not None and value < minimum:
+            self.fail(key, f"must be >= {minimum}, got {value!r}")
+        return int(value)
+
+    def number(self, data: Mapping[str, Any], name: str, *, key: str | None = None, default: float) -> float:
+        key = key or name
+        value = data.get(name, default)
+        if value is None:
+            value = default
+        if not _is_number(value):
+            self.fail(key, f"must be a number, got {value!r}")
+        return float(value)
+
+    def boolean(self, data: Mapping[str, Any], name: str, *, key: str | None = None, default: bool) -> bool:
+        value = data.get(name, default)
+        if not isinstance(value, bool):
+            self.fail(key or name, f"must be true or false, got {value!r}")
+        return value
+
+
+def trial_config(spec: SearchSpec, overrides: Mapping[str, Any], repeat: int = 0) -> ExperimentConfig:
+    """Base + a trial's sampled overrides (+ the repeat's seed), validated."""
+    merged = spec.base_overrides()
+    merged.update({k: _listify(v) for k, v in overrides.items()})
+    base = spec.base_config()
+    if repeat:
+        merged["train.seed"] = base.train.seed + repeat
+    config = apply_overrides(base, merged, source=f"trial of search {spec.name}")
+    validate(config)
+    return config

@@ -1,0 +1,619 @@
+"""MLflow tracking of a search, written only from the Ray driver.
+
+Layout (ARCHITECTURE.md, "MLflow layout"): one experiment per search name, created with an explicit
+artifact location; one parent run per search (``tags.role = search``); one child run per Tune trial
+(``tags.role = trial``), found or created by ``tags.search_id`` + ``tags.ray_trial_id``. Child runs
+carry the flattened resolved config as params, the config hash and every feature flag as tags, and
+each epoch's metrics with ``step = epoch``; ``params_count`` and ``gflops`` are logged once (step 0).
+
+Resume safety is the point of writing this instead of using ``MLflowLoggerCallback`` (which keeps
+trial -> run in memory and duplicates runs after ``Tuner.restore``): runs are looked up by tag every
+time the driver starts, and ``tags.last_epoch`` (written in the same batch as the metrics) makes a
+re-reported epoch a no-op. When a trial ends (finished, pruned or errored) its best checkpoint is
+exported to ONNX in a background thread, checked in ONNX Runtime, and logged as
+``onnx/model.onnx`` + ``onnx/model.json`` + ``config.yaml`` with ``latency_ms``; all MLflow writes stay
+on the driver's main thread. A trial that ended while the driver was down is exported on resume.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import re
+import shutil
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from ray import tune
+
+from edgeseg.config import ConfigError, ExperimentConfig, apply_overrides
+from edgeseg.search.space import trial_overrides
+from edgeseg.search.spec import SearchSpec, trial_config
+
+log = logging.getLogger("edgeseg.search.tracking")
+
+ROLE_SEARCH = "search"
+ROLE_TRIAL = "trial"
+EPOCH_PREFIXES = ("train/", "val/")
+EPOCH_KEYS = ("lr", "epoch_seconds")
+STATIC_KEYS = ("params_count", "gflops")
+TERMINAL = ("TERMINATED", "ERROR")
+
+
+# ----------------------------------------------------------------------------------------------
+# Small MLflow helpers shared by tracking, control and artifacts.
+# ----------------------------------------------------------------------------------------------
+
+
+def client_for(tracking_uri: str) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def ensure_experiment(client: Any, name: str, artifact_location: str | None) -> str:
+    """The experiment's id; created with the explicit artifact location when missing."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            client.restore_experiment(experiment.experiment_id)
+        return str(experiment.experiment_id)
+    return str(client.create_experiment(name, artifact_location=artifact_location))
+
+
+def quote(value: str) -> str:
+    return "'" + str(value).replace("'", "\\'") + "'"
+
+
+def search_runs(client: Any, experiment_id: str, tags: Mapping[str, str]) -> list[Any]:
+    """All runs whose tags equal ``tags`` (paged)."""
+    filter_string = " and ".join(f"tags.{k} = {quote(v)}" for k, v in tags.items())
+    runs: list[Any] = []
+    token = None
+    while True:
+        page = client.search_runs(
+            [experiment_id], filter_string=filter_string, max_results=1000, page_token=token
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def variant_hash(config: ExperimentConfig, base_seed: int) -> str:
+    """The config hash with the repeat's seed reset: repeats of one cell share it (error bars)."""
+    return apply_overrides(config, {"train.seed": base_seed}).hash()
+
+
+def _batches(items: list[Any], size: int) -> Iterable[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def checkpoint_uri(storage: str, path: str) -> str:
+    """A Ray checkpoint path (filesystem-relative for remote stores) as a URI any process can open."""
+    if "://" in path or "://" not in storage:
+        return path
+    return f"{storage.split('://', 1)[0]}://{path.lstrip('/')}"
+
+
+# ----------------------------------------------------------------------------------------------
+# ONNX export of a trial's best checkpoint.
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ExportJob:
+    trial_id: str
+    run_id: str
+    checkpoint: str  # path or URI of the best checkpoint directory
+    final_status: str  # MLflow status once logged: FINISHED or FAILED
+    config: dict[str, Any]
+    out_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="edgeseg-export-")))
+    result: Any = None
+    checkpoint_metrics: dict[str, float] = field(default_factory=dict)
+    checkpoint_epoch: int = 0
+    error: str = ""
+
+
+def verify_onnx(onnx_path: Path, sidecar: Mapping[str, Any]) -> tuple[int, ...]:
+    """Run the model in ONNX Runtime on inputs built from its sidecar; return the output shape."""
+    import numpy as np
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    size = int(sidecar["input_size"])
+    feeds: dict[str, Any] = {}
+    for entry in session.get_inputs():
+        if entry.name == "rois":
+            feeds["rois"] = np.array([[0, 4, 6, size // 2, size - 8], [0, size // 4, 2, size - 3, size // 2]],
+                                     dtype=np.float32)  # fmt: skip
+        else:
+            shape = [1 if not isinstance(d, int) else d for d in entry.shape]
+            feeds[entry.name] = (
+                rng.random(shape, dtype=np.float32) * (255 if entry.name == "image" else 1)
+            ).astype(np.float32)
+    (masks,) = session.run(["masks"], feeds)
+    mask = int(sidecar["mask_size"])
+    if tuple(masks.shape) != (2, 3, mask, mask) or not np.isfinite(masks).all():
+        raise RuntimeError(
+            f"{onnx_path}: ONNX Runtime gave masks {masks.shape}, expected (2, 3, {mask}, {mask})"
+        )
+    return tuple(masks.shape)
+
+
+def run_export(job: ExportJob) -> ExportJob:
+    """Export in the background thread: no MLflow calls here."""
+    from ray.train import Checkpoint
+
+    from edgeseg import pipeline
+    from edgeseg.engine import load_checkpoint
+
+    try:
+        if "://" in job.checkpoint:
+            local = Path(Checkpoint(path=job.checkpoint).to_directory(str(job.out_dir / "checkpoint")))
+        else:
+            local = Path(job.checkpoint)
+        state = load_checkpoint(local)
+        job.checkpoint_epoch = int(state["epoch"])
+        job.checkpoint_metrics = {
+            k: float(v) for k, v in (state.get("metrics") or {}).items() if isinstance(v, int | float)
+        }
+        job.result = pipeline.export_checkpoint(local, job.out_dir / "onnx")
+        sidecar = json.loads(Path(job.result.sidecar_path).read_text())
+        verify_onnx(Path(job.result.onnx_path), sidecar)
+    except Exception as exc:  # the trial's run records why; the search goes on
+        job.error = f"{type(exc).__name__}: {exc}"
+        log.warning("ONNX export of trial %s failed: %s\n%s", job.trial_id, job.error, traceback.format_exc())
+    return job
+
+
+class _ExportWorker:
+    """One background thread; exports are CPU work that must not stall Tune's event loop."""
+
+    def __init__(self) -> None:
+        self.todo: queue.Queue[ExportJob | None] = queue.Queue()
+        self.done: queue.Queue[ExportJob] = queue.Queue()
+        self.pending = 0
+        self.thread = threading.Thread(target=self._loop, name="edgeseg-onnx-export", daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while (job := self.todo.get()) is not None:
+            self.done.put(run_export(job))
+
+    def submit(self, job: ExportJob) -> None:
+        self.pending += 1
+        self.todo.put(job)
+
+    def finished(self, wait: bool = False) -> list[ExportJob]:
+        jobs = []
+        while self.pending:
+            try:
+                job = self.done.get(block=wait, timeout=600 if wait else None)
+            except queue.Empty:
+                break
+            self.pending -= 1
+            jobs.append(job)
+        return jobs
+
+    def close(self) -> None:
+        self.todo.put(None)
+
+
+# ----------------------------------------------------------------------------------------------
+# The Tune callback.
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _RunState:
+    run_id: str
+    last_epoch: int
+    static_logged: bool
+    best_value: float | None
+    best_checkpoint: str
+    config: dict[str, Any] | None
+    max_epochs: int
+
+
+class MlflowTracker(tune.Callback):
+    """Driver-side Tune callback: parent/child MLflow runs, per-epoch metrics, ONNX on trial end.
+
+    Constructed from plain data only (it is pickled into the Tuner's state and restored with it).
+    """
+
+    def __init__(self, spec: SearchSpec, search_id: str, stop_requests_dir: str | None = None) -> None:
+        self.spec = spec
+        self.search_id = search_id
+        self.stop_requests_dir = stop_requests_dir
+        self._reset()
+
+    def _reset(self) -> None:
+        self._client: Any = None
+        self._experiment_id = ""
+        self._parent_id = ""
+        self._runs: dict[str, _RunState] = {}
+        self._exporter: _ExportWorker | None = None
+        self._swept = False
+        self._exported: set[str] = set()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"spec": self.spec, "search_id": self.search_id, "stop_requests_dir": self.stop_requests_dir}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reset()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def setup(
+        self,
+        stop: Any = None,
+        num_samples: int | None = None,
+        total_num_samples: int | None = None,
+        **info: Any,
+    ) -> None:
+        spec = self.spec
+        self._client = client_for(str(spec.mlflow.tracking_uri))
+        self._experiment_id = ensure_experiment(
+            self._client, spec.experiment_name, spec.mlflow.artifact_location
+        )
+        self._parent_id = self._ensure_parent()
+        self._exporter = _ExportWorker()
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self.setup()
+        return self._client
+
+    @property
+    def parent_run_id(self) -> str:
+        return self._parent_id
+
+    def _ensure_parent(self) -> str:
+        spec = self.spec
+        tags = {"search_id": self.search_id, "role": ROLE_SEARCH}
+        found = search_runs(self._client, self._experiment_id, tags)
+        if found:
+            run_id = found[0].info.run_id
+            self._client.update_run(run_id, status="RUNNING")
+            self._client.set_tag(run_id, "state", "running")
+            return str(run_id)
+        run = self._client.create_run(
+            self._experiment_id,
+            run_name=self.search_id,
+            tags={
+                **tags,
+                "search_name": spec.name,
+                "searcher": spec.searcher.kind,
+                "scheduler": spec.scheduler.kind,
+                "executor": spec.resources.executor,
+                "state": "running",
+            },  # fmt: skip
+        )
+        run_id = run.info.run_id
+        params = {
+            "preset": spec.preset, "metric": spec.metric, "mode": spec.mode, "num_samples": spec.num_samples,
+            "repeats": spec.repeats, "max_epochs": spec.max_epochs, "max_concurrent_trials": spec.max_concurrent_trials,
+            "grace_period": spec.scheduler.grace_period, "reduction_factor": spec.scheduler.reduction_factor,
+            "space": ",".join(a.name for a in spec.space),
+            **{f"base.{k}": v for k, v in spec.base_overrides().items()},
+        }  # fmt: skip
+        self._log_params(run_id, params)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "search.yaml"
+            path.write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+            self._client.log_artifact(run_id, str(path))
+        return str(run_id)
+
+    def _log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, _param_value(v)) for k, v in params.items()]
+        for batch in _batches(items, 100):
+            self._client.log_batch(run_id, params=batch)
+
+    # -- child runs --------------------------------------------------------------------------
+    def _trial_config(self, trial: Any) -> ExperimentConfig:
+        return trial_config(self.spec, trial_overrides(trial.config), int(trial.config.get("repeat", 0)))
+
+    def _max_epochs(self, config: ExperimentConfig | None) -> int:
+        epochs = config.train.epochs if config is not None else self.spec.max_epochs
+        return min(epochs, self.spec.scheduler.max_t) if self.spec.scheduler.max_t else epochs
+
+    def ensure_run(self, trial: Any) -> _RunState:
+        """The trial's run: cached, else found by tag, else created (exactly once per trial id)."""
+        if trial.trial_id in self._runs:
+            return self._runs[trial.trial_id]
+        client = self.client
+        tags = {"search_id": self.search_id, "ray_trial_id": trial.trial_id}
+        found = search_runs(client, self._experiment_id, tags)
+        try:
+            config: ExperimentConfig | None = self._trial_config(trial)
+            config_error = ""
+        except ConfigError as exc:
+            config, config_error = None, str(exc)
+        if found:
+            run = found[0]
+            if run.info.status != "RUNNING" and trial.status not in TERMINAL:
+                client.update_run(run.info.run_id, status="RUNNING")
+            state = _RunState(
+                run_id=run.info.run_id,
+                last_epoch=int(run.data.tags.get("last_epoch", 0)),
+                static_logged=all(k in run.data.metrics for k in STATIC_KEYS),
+                best_value=float(run.data.tags["best_value"]) if "best_value" in run.data.tags else None,
+                best_checkpoint=run.data.tags.get("best_checkpoint", ""),
+                config=config.to_dict() if config else None,
+                max_epochs=self._max_epochs(config),
+            )
+            if not run.data.params and config is not None:
+                self._log_params(state.run_id, config.flat())
+        else:
+            base_seed = self.spec.base_config().train.seed
+            run_tags = {
+                **tags,
+                "mlflow.parentRunId": self._parent_id,
+                "role": ROLE_TRIAL,
+                "search_name": self.spec.name,
+                "trial_name": str(trial),
+                "repeat": str(int(trial.config.get("repeat", 0))),
+                "state": "running",
+                "last_epoch": "0",
+            }
+            if config is not None:
+                run_tags.update(config.feature_flags())
+                run_tags["config_hash"] = config.hash()
+                run_tags["variant_hash"] = variant_hash(config, base_seed)
+            else:
+                run_tags["config_error"] = config_error[:4000]
+            run = client.create_run(self._experiment_id, run_name=str(trial), tags=run_tags)
+            state = _RunState(run.info.run_id, 0, False, None, "", config.to_dict() if config else None,
+                              self._max_epochs(config))  # fmt: skip
+            if config is not None:
+                self._log_params(state.run_id, config.flat())
+        self._runs[trial.trial_id] = state
+        return state
+
+    # -- Tune hooks --------------------------------------------------------------------------
+    def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        if not self._swept:
+            self._swept = True
+            self._sweep(trials)
+        self._collect_exports(wait=False)
+
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        state = self.ensure_run(trial)
+        self.client.set_tag(state.run_id, "state", "running")
+
+    def on_trial_result(
+        self, iteration: int, trials: list[Any], trial: Any, result: dict, **info: Any
+    ) -> None:
+        from mlflow.entities import Metric, RunTag
+
+        if "epoch" not in result:
+            return
+        state = self.ensure_run(trial)
+        epoch = int(result["epoch"])
+        if epoch <= state.last_epoch:
+            return  # re-reported after a restore: already logged, never a duplicate point
+        now = int(time.time() * 1000)
+        metrics = [
+            Metric(k, float(v), now, epoch)
+            for k, v in result.items()
+            if (k.startswith(EPOCH_PREFIXES) or k in EPOCH_KEYS) and _is_number(v)
+        ]
+        if not state.static_logged:
+            metrics += [Metric(k, float(result[k]), now, 0) for k in STATIC_KEYS if _is_number(result.get(k))]
+            state.static_logged = True
+        tags = [RunTag("last_epoch", str(epoch))]
+        path = result.get("checkpoint_path")
+        if path:  # both executors persist the epoch's checkpoint before reporting it
+            tags += self._maybe_best(state, result, checkpoint_uri(str(self.spec.storage), str(path)), epoch)
+        for batch in _batches(metrics, 900):
+            self.client.log_batch(state.run_id, metrics=batch, tags=tags)
+            tags = []
+        state.last_epoch = epoch
+
+    def _maybe_best(self, state: _RunState, result: Mapping[str, Any], uri: str, epoch: int) -> list[Any]:
+        from mlflow.entities import RunTag
+
+        raw = result.get(self.spec.metric)
+        if not isinstance(raw, int | float) or isinstance(raw, bool):
+            return []
+        value = float(raw)
+        better = state.best_value is None or (
+            value > state.best_value if self.spec.mode == "max" else value < state.best_value
+        )
+        if not better:
+            return []
+        state.best_value, state.best_checkpoint = value, uri
+        return [
+            RunTag("best_value", repr(value)),
+            RunTag("best_epoch", str(epoch)),
+            RunTag("best_checkpoint", uri),
+        ]
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        from mlflow.entities import RunTag
+
+        state = self.ensure_run(trial)
+        epoch = int((trial.last_result or {}).get("epoch", state.last_epoch) or 0)
+        pruned = epoch < state.max_epochs
+        tags = {"pruned": str(pruned).lower(), "state": "pruned" if pruned else "finished"}
+        if pruned:
+            tags["pruned_at_epoch"] = str(epoch)
+            tags["pruned_by"] = "user" if self._user_stopped(trial.trial_id) else self.spec.scheduler.kind
+        self.client.log_batch(state.run_id, tags=[RunTag(k, v) for k, v in tags.items()])  # one write
+        self._finish(trial.trial_id, state, "FINISHED")
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        from mlflow.entities import RunTag
+
+        state = self.ensure_run(trial)
+        tags = [RunTag("state", "errored"), RunTag("error", _trial_error(trial)[:4900])]
+        self.client.log_batch(state.run_id, tags=tags)
+        self._finish(trial.trial_id, state, "FAILED")
+
+    def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
+        if not self._swept:
+            self._sweep(trials)
+        self._collect_exports(wait=True)
+        if self._exporter is not None:
+            self._exporter.close()
+        from edgeseg.search.space import expected_trials
+
+        complete = len(trials) >= expected_trials(self.spec) and all(t.status in TERMINAL for t in trials)
+        for trial in trials:
+            if trial.status not in TERMINAL and trial.trial_id in self._runs:
+                run_id = self._runs[trial.trial_id].run_id
+                self.client.set_tag(run_id, "state", "interrupted")
+                self.client.set_terminated(run_id, status="KILLED")
+        self.finalize_parent(complete)
+
+    # -- end of a trial ----------------------------------------------------------------------
+    def _user_stopped(self, trial_id: str) -> bool:
+        if not self.stop_requests_dir:
+            return False
+        from edgeseg.search.control import StorageFolder
+
+        return StorageFolder(self.stop_requests_dir).exists(trial_id)
+
+    def _finish(self, trial_id: str, state: _RunState, status: str) -> None:
+        if not self.spec.export_onnx:
+            self.client.set_tag(state.run_id, "onnx", "disabled")
+            self.client.set_terminated(state.run_id, status=status)
+            return
+        if not state.best_checkpoint:
+            self.client.set_tag(state.run_id, "onnx", "no checkpoint")
+            self.client.set_terminated(state.run_id, status=status)
+            return
+        if trial_id in self._exported:
+            return
+        self._exported.add(trial_id)
+        assert self._exporter is not None
+        self._exporter.submit(
+            ExportJob(trial_id, state.run_id, state.best_checkpoint, status, state.config or {})
+        )
+
+    def _collect_exports(self, wait: bool) -> None:
+        if self._exporter is None:
+            return
+        for job in self._exporter.finished(wait=wait):
+            self._log_export(job)
+
+    def _log_export(self, job: ExportJob) -> None:
+        from mlflow.entities import Metric, RunTag
+
+        client = self.client
+        try:
+            if job.error:
+                client.set_tag(job.run_id, "onnx", f"failed: {job.error}"[:4900])
+                return
+            result = job.result
+            staging = job.out_dir / "stage"
+            (staging / "onnx").mkdir(parents=True, exist_ok=True)
+            shutil.copy(result.onnx_path, staging / "onnx" / "model.onnx")
+            shutil.copy(result.sidecar_path, staging / "onnx" / "model.json")
+            (staging / "config.yaml").write_text(yaml.safe_dump(job.config, sort_keys=False))
+            client.log_artifacts(job.run_id, str(staging))
+            now = int(time.time() * 1000)
+            metrics = [Metric("onnx_max_abs_diff", float(result.max_abs_diff), now, 0)]
+            latency = {str(k): float(v) for k, v in dict(result.latency_ms or {}).items()}
+            if latency:
+                metrics.append(Metric("latency_ms", primary_latency(latency), now, 0))
+                metrics += [Metric(latency_metric_name(k), v, now, 0) for k, v in latency.items()]
+            metrics += [
+                Metric(f"best/{k}", v, now, job.checkpoint_epoch)
+                for k, v in job.checkpoint_metrics.items()
+                if k.startswith(EPOCH_PREFIXES)
+            ]
+            tags = [RunTag("onnx", "exported"), RunTag("onnx_epoch", str(job.checkpoint_epoch))]
+            client.log_batch(job.run_id, metrics=metrics, tags=tags)
+        finally:
+            client.set_terminated(job.run_id, status=job.final_status)
+            shutil.rmtree(job.out_dir, ignore_errors=True)
+
+    def _sweep(self, trials: list[Any]) -> None:
+        """After a restore: trials that ended while the driver was down get their end-of-trial work."""
+        for trial in trials:
+            if trial.status not in TERMINAL:
+                continue
+            found = search_runs(
+                self.client,
+                self._experiment_id,
+                {"search_id": self.search_id, "ray_trial_id": trial.trial_id},
+            )
+            if found and found[0].info.status != "RUNNING" and found[0].data.tags.get("onnx"):
+                continue
+            if trial.status == "ERROR":
+                self.on_trial_error(0, trials, trial)
+            else:
+                self.on_trial_complete(0, trials, trial)
+
+    def finalize_parent(self, complete: bool) -> None:
+        client = self.client
+        spec = self.spec
+        runs = search_runs(client, self._experiment_id, {"search_id": self.search_id, "role": ROLE_TRIAL})
+        best = best_run(runs, f"best/{spec.metric}", spec.mode) or best_run(runs, spec.metric, spec.mode)
+        tags = {
+            "state": "finished" if complete else "stopped",
+            "trials": str(len(runs)),
+            "trials_pruned": str(sum(r.data.tags.get("pruned") == "true" for r in runs)),
+            "trials_errored": str(sum(r.data.tags.get("state") == "errored" for r in runs)),
+        }
+        if best is not None:
+            tags["best_run_id"] = best.info.run_id
+        for key, value in tags.items():
+            client.set_tag(self._parent_id, key, value)
+        client.set_terminated(self._parent_id, status="FINISHED" if complete else "KILLED")
+
+
+def best_run(runs: Iterable[Any], metric: str, mode: str) -> Any:
+    scored = [r for r in runs if metric in r.data.metrics]
+    if not scored:
+        return None
+    return (max if mode == "max" else min)(scored, key=lambda r: r.data.metrics[metric])
+
+
+def primary_latency(latency: Mapping[str, float]) -> float:
+    """The one latency of a model: ONNX Runtime's, at the largest ROI count measured (else torch's)."""
+
+    def rois(key: str) -> int:
+        found = re.search(r"rois_(\d+)", key)
+        return int(found.group(1)) if found else 0
+
+    pool = {k: v for k, v in latency.items() if "onnx" in k} or dict(latency)
+    return float(pool[max(pool, key=rois)])
+
+
+def latency_metric_name(key: str) -> str:
+    return key if key.startswith("latency_ms") else f"latency_ms/{key}"
+
+
+def _trial_error(trial: Any) -> str:
+    path = getattr(trial, "error_file", None)
+    try:
+        if path and Path(path).exists():
+            return Path(path).read_text()
+    except OSError:
+        pass
+    return str(getattr(trial, "error_msg", "") or "unknown error")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _param_value(value: Any) -> str:
+    text = ",".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
+    return text[:6000]

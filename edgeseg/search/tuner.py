@@ -1,0 +1,280 @@
+"""Run and resume a search: Ray Tune + ASHA + Optuna/grid over ``edgeseg.engine.fit`` trials.
+
+``run_search`` is the driver of one search: it validates the spec, records it in the search's
+storage folder, prepares data, backbone and feature caches once (trials then only read caches),
+starts or joins Ray, and calls ``Tuner.fit()`` with the MLflow tracker, the stop-request stopper,
+the driver heartbeat and the progress table. ``resume_search`` restores the Tuner from its storage
+folder (searcher and scheduler state included) with ``resume_errored=True``: unfinished trials
+continue from their checkpoints and errored ones are retried.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgeseg.search import control
+from edgeseg.search.spec import SearchSpec, SpecError, load_spec
+
+DEFAULT_LOG: Callable[[str], Any] = print
+
+
+class SearchExistsError(SpecError):
+    """A search of that name already has state in its storage folder."""
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    name: str
+    search_id: str
+    state: str  # finished | stopped
+    experiment_path: str
+    trials: int
+    expected_trials: int
+    terminated: int
+    errored: int
+    pruned: int
+    epochs_trained: int
+    wall_s: float
+    best_run_id: str
+
+
+def _trial_name(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def prepare_once(spec: SearchSpec, log: Callable[[str], Any] = DEFAULT_LOG) -> int:
+    """Build data, backbone and feature caches for every distinct feature set the grid can need.
+
+    Continuous axes cannot be enumerated; values they reach that need another cache build it in
+    the first trial that uses it (the cache is file-locked), never per trial.
+    """
+    from edgeseg import pipeline
+    from edgeseg.search.space import grid_variants, trial_overrides
+    from edgeseg.search.spec import trial_config
+
+    candidates: list[dict[str, Any]] = [{}]
+    if spec.searcher.kind == "grid":
+        candidates = [trial_overrides({"overrides": v}) for v in grid_variants(spec)[0]]
+    else:
+        for axis in spec.space:
+            if axis.kind in ("choice", "grid"):
+                for value in axis.values:
+                    candidates.append(dict(value) if axis.is_bundle else {axis.name: value})
+    seen: set[str] = set()
+    for overrides in candidates:
+        try:
+            config = trial_config(spec, overrides)
+        except Exception:  # a value that is invalid alone (optuna/random combos are checked per trial)
+            continue
+        key = repr((config.to_dict()["data"], config.to_dict()["backbone"], config.model.layers, config.model.rgb_layers,
+                    config.model.mask_size, config.loss.class_weights))  # fmt: skip
+        if key in seen:
+            continue
+        seen.add(key)
+        pipeline.prepare(config, log=log)
+    return len(seen)
+
+
+def _init_ray(spec: SearchSpec, address: str | None, num_cpus: int | None) -> None:
+    import ray
+
+    from edgeseg.search.trainable import TRIAL_DRIVER_RESOURCE, driver_resources_needed
+
+    needed = driver_resources_needed(spec)
+    if not ray.is_initialized():
+        kwargs: dict[str, Any] = {"log_to_driver": True}
+        if address:
+            kwargs["address"] = address
+        else:
+            # "local": a new Ray for this search, never a stray cluster found via /tmp/ray/ray_current_cluster.
+            kwargs["address"] = "local"
+            kwargs["num_cpus"] = num_cpus
+            if needed:
+                kwargs["resources"] = {TRIAL_DRIVER_RESOURCE: needed}
+        ray.init(**kwargs)
+    if needed and ray.cluster_resources().get(TRIAL_DRIVER_RESOURCE, 0) < 1:
+        raise SpecError(
+            f"search spec {spec.source}: resources.executor train needs the custom Ray resource "
+            f"{TRIAL_DRIVER_RESOURCE!r} (one unit per concurrent trial driver); start the cluster's nodes with "
+            f"--resources='{{\"{TRIAL_DRIVER_RESOURCE}\": {needed}}}', or use executor: function"
+        )
+
+
+def _callbacks(spec: SearchSpec, search_id: str, progress: bool, extra: list[Any] | None = None) -> list[Any]:
+    from edgeseg.search.progress import ProgressTable
+    from edgeseg.search.tracking import MlflowTracker
+
+    stop_dir = control.control_folder(str(spec.storage), spec.name).child("stop").uri
+    callbacks: list[Any] = [MlflowTracker(spec, search_id, stop_dir), control.DriverControl(spec)]
+    if progress:
+        callbacks.append(ProgressTable(spec.metric, spec.mode, spec.max_epochs))
+    return callbacks + list(extra or [])
+
+
+def build_tuner(
+    spec: SearchSpec, search_id: str, progress: bool = True, callbacks: list[Any] | None = None
+) -> Any:
+    """The ``tune.Tuner`` of a resolved spec (not started)."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from edgeseg.search.space import param_space, search_algorithm
+    from edgeseg.search.trainable import make_trainable
+
+    scheduler = None
+    if spec.scheduler.kind == "asha":
+        scheduler = ASHAScheduler(
+            time_attr="epoch",  # reported by the engine; Tune's training_iteration restarts after a restore
+            max_t=spec.max_epochs,
+            grace_period=spec.scheduler.grace_period,
+            reduction_factor=spec.scheduler.reduction_factor,
+        )
+    searcher = search_algorithm(spec)
+    stop_dir = control.control_folder(str(spec.storage), spec.name).child("stop").uri
+    return tune.Tuner(
+        make_trainable(spec),
+        param_space=param_space(spec),
+        tune_config=tune.TuneConfig(
+            metric=spec.metric,
+            mode=spec.mode,
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=spec.num_samples,
+            # The variant generator takes the limit itself (see space.search_algorithm).
+            max_concurrent_trials=spec.max_concurrent_trials if spec.searcher.kind == "optuna" else None,
+            trial_name_creator=_trial_name,
+            trial_dirname_creator=_trial_name,
+        ),
+        run_config=tune.RunConfig(
+            name=spec.name,
+            storage_path=str(spec.storage),
+            callbacks=_callbacks(spec, search_id, progress, callbacks),
+            stop=control.StopRequests(stop_dir),
+            # No Tune checkpoints: both executors keep theirs in storage with their own manifest.
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            verbose=0,  # the ProgressTable callback prints the table
+        ),
+    )
+
+
+def run_search(
+    spec: SearchSpec | str | Path,
+    *,
+    fresh: bool = False,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    progress: bool = True,
+    callbacks: list[Any] | None = None,
+    log: Callable[[str], Any] = DEFAULT_LOG,
+) -> SearchOutcome:
+    """Run a search from its spec (a path or a loaded spec) to the end, or until it is stopped.
+
+    ``callbacks``: extra ``tune.Callback`` objects (picklable; they are restored with the search).
+    """
+    if not isinstance(spec, SearchSpec):
+        spec = load_spec(spec)
+    spec = spec.resolved()
+    experiment = control.StorageFolder(control.experiment_uri(str(spec.storage), spec.name))
+    if experiment.exists():
+        if not fresh:
+            raise SearchExistsError(
+                f"search {spec.name!r} already exists at {experiment.uri}; `edgeseg search resume {spec.name}` "
+                "continues it, --fresh starts over (its MLflow runs stay, under the old search id)"
+            )
+        experiment.delete_tree()
+    search_id = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid() % 10000:04d}"
+    control.write_record(spec, search_id)
+    control.write_driver_state(spec, "preparing")
+    started = time.perf_counter()
+    os.environ["EDGESEG_HOME"] = str(spec.home)
+    prepared = prepare_once(spec, log)
+    log(
+        f"search {spec.name} ({search_id}): prepared {prepared} feature set(s) in {time.perf_counter() - started:.1f} s"
+    )
+    _init_ray(spec, address, num_cpus)
+    tuner = build_tuner(spec, search_id, progress, callbacks)
+    return _fit(tuner, spec, search_id, started, log)
+
+
+def resume_search(
+    name: str,
+    *,
+    storage: str | None = None,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    log: Callable[[str], Any] = DEFAULT_LOG,
+) -> SearchOutcome:
+    """Continue a stopped or crashed search: unfinished trials resume, errored ones are retried."""
+    from ray import tune
+
+    from edgeseg.search.trainable import make_trainable
+
+    record = control.read_record(name, storage)
+    spec = record.spec
+    path = control.experiment_uri(str(spec.storage), name)
+    if not tune.Tuner.can_restore(path):
+        raise SpecError(
+            f"search {name!r} has no Tune state to resume at {path} (it never started its trials)"
+        )
+    driver = control.driver_state(name, str(spec.storage))
+    if driver.get("state") in ("running", "preparing"):
+        raise SpecError(
+            f"search {name!r} is running (pid {driver.get('pid')} on {driver.get('host')}); stop it first"
+        )
+    control.clear_stop_all(spec)
+    control.write_driver_state(spec, "preparing")
+    started = time.perf_counter()
+    os.environ["EDGESEG_HOME"] = str(spec.home)
+    prepare_once(spec, log)
+    _init_ray(spec, address, num_cpus)
+    tuner = tune.Tuner.restore(
+        path, trainable=make_trainable(spec), resume_unfinished=True, resume_errored=True
+    )
+    log(f"resuming search {name} ({record.search_id}) from {path}")
+    return _fit(tuner, spec, record.search_id, started, log)
+
+
+def _fit(
+    tuner: Any, spec: SearchSpec, search_id: str, started: float, log: Callable[[str], Any]
+) -> SearchOutcome:
+    from edgeseg.search.space import expected_trials
+    from edgeseg.search.tracking import ROLE_SEARCH, ROLE_TRIAL, client_for, search_runs
+
+    control.write_driver_state(spec, "running")
+    try:
+        tuner.fit()
+    except BaseException:
+        control.write_driver_state(spec, "failed")
+        raise
+    control.clear_stop_all(spec)
+    path = control.experiment_uri(str(spec.storage), spec.name)
+    trials = control.tune_trials(path)
+    terminated = sum(1 for state, _ in trials.values() if state == "TERMINATED")
+    errored = sum(1 for state, _ in trials.values() if state == "ERROR")
+    expected = expected_trials(spec)
+    finished = len(trials) >= expected and terminated + errored == len(trials)
+    state = "finished" if finished else "stopped"
+    control.write_driver_state(spec, state)
+
+    client = client_for(str(spec.mlflow.tracking_uri))
+    experiment = client.get_experiment_by_name(spec.experiment_name)
+    runs = search_runs(client, experiment.experiment_id, {"search_id": search_id, "role": ROLE_TRIAL})
+    parent = search_runs(client, experiment.experiment_id, {"search_id": search_id, "role": ROLE_SEARCH})
+    pruned = sum(1 for r in runs if r.data.tags.get("pruned") == "true")
+    epochs = sum(int(r.data.tags.get("last_epoch", 0) or 0) for r in runs)
+    best_run_id = parent[0].data.tags.get("best_run_id", "") if parent else ""
+    outcome = SearchOutcome(
+        spec.name, search_id, state, path, len(trials), expected, terminated, errored, pruned, epochs,
+        time.perf_counter() - started, best_run_id,
+    )  # fmt: skip
+    log(
+        f"search {spec.name} {state}: {len(trials)}/{expected} trials, {pruned} pruned, {errored} errored, "
+        f"{epochs} epochs in {outcome.wall_s:.1f} s"
+        + ("" if finished else f"; resume with `edgeseg search resume {spec.name}`")
+    )
+    return outcome

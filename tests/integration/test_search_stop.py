@@ -1,0 +1,153 @@
+"""Stopping from another process: ``stop --trial`` prunes only that trial; stopping the whole search
+is clean and resumable, and the resumed search finishes the others."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+EPOCHS = 40  # ~0.15 s each here: long enough to be stopped mid-way from this process
+TINY = {
+    "data.input_size": 128,
+    "data.synth_train_images": 8,
+    "data.synth_val_images": 4,
+    "model.channels": 8,
+    "model.mask_size": 16,
+    "model.roi_size": 7,
+    "train.batch_size": 4,
+    "train.warmup_epochs": 0,
+    "train.device": "cpu",
+    "train.epochs": EPOCHS,
+}
+
+DRIVER = """
+import dataclasses, json, sys
+from edgeseg.search.spec import spec_from_mapping
+from edgeseg.search.tuner import resume_search, run_search
+body = json.loads(sys.argv[2])
+if sys.argv[1] == "run":
+    outcome = run_search(spec_from_mapping(body), num_cpus=2, progress=False)
+else:
+    outcome = resume_search(body["name"], storage=body["storage"], num_cpus=2)
+print("OUTCOME " + json.dumps(dataclasses.asdict(outcome)), flush=True)
+"""
+
+
+def start_driver(mode: str, body: dict, home: Path) -> subprocess.Popen:
+    env = {**os.environ, "EDGESEG_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.Popen(
+        [sys.executable, "-c", DRIVER, mode, json.dumps(body)], env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+
+
+def outcome_of(proc: subprocess.Popen, timeout: float) -> dict:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-4000:]
+    line = [x for x in out.splitlines() if x.startswith("OUTCOME ")][-1]
+    return json.loads(line[len("OUTCOME ") :])
+
+
+def wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 180.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        if proc.poll() is not None:
+            pytest.fail(f"driver exited while waiting for {what}: {proc.communicate()[0][-4000:]}")
+        time.sleep(0.3)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def test_stop_one_trial_then_the_whole_search_then_resume(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from edgeseg.search.control import read_record, request_stop, search_status, tune_trials
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("EDGESEG_HOME", str(home))
+    storage = str(tmp_path / "storage")
+    body = {
+        "name": "stoppable",
+        "base": {"preset": "baseline", "overrides": TINY},
+        "space": {"train.lr": {"grid": [1e-2, 5e-3]}},
+        "searcher": {"kind": "grid"},
+        "scheduler": {"kind": "fifo"},  # nothing else prunes: every stop below is ours
+        "resources": {"executor": "function"},
+        "max_concurrent_trials": 2,
+        "storage": storage,
+    }
+    driver = start_driver("run", body, home)
+    db = home / "mlflow" / "mlflow.db"
+    client = MlflowClient(tracking_uri=f"sqlite:///{db.resolve()}")
+
+    def trial_runs():
+        # Only once a trial has checkpointed: by then the driver has created the MLflow database.
+        if not list((tmp_path / "storage" / "stoppable").glob("trial_runs/*/manifest.json")):
+            return []
+        experiment = client.get_experiment_by_name("stoppable")
+        return client.search_runs([experiment.experiment_id], "tags.role = 'trial'")
+
+    def first_with_an_epoch():
+        started = [r for r in trial_runs() if int(r.data.tags.get("last_epoch", 0)) >= 1]
+        return started[0] if started else None
+
+    try:
+        target = wait_for(first_with_an_epoch, driver, "a trial's first epoch")
+        target_id = target.data.tags["ray_trial_id"]
+        with pytest.raises(Exception, match="has no trial 'nope'"):
+            request_stop("stoppable", trial_id="nope", storage=storage)
+        assert "asked trial" in request_stop("stoppable", trial_id=target_id, storage=storage)
+
+        def target_stopped():
+            return [
+                r
+                for r in trial_runs()
+                if r.data.tags["ray_trial_id"] == target_id and r.data.tags.get("pruned")
+            ]
+
+        (stopped,) = wait_for(target_stopped, driver, "the stopped trial's end")
+        assert stopped.data.tags["pruned"] == "true" and stopped.data.tags["pruned_by"] == "user"
+        stopped_at = int(stopped.data.tags["pruned_at_epoch"])
+        assert 1 <= stopped_at < EPOCHS
+        # The other trials are still going: stop the whole search (Tune's clean, resumable stop).
+        unfinished = [r for r in trial_runs() if not r.data.tags.get("pruned")]
+        assert unfinished, "every other trial already ended; nothing left to interrupt"
+        request_stop("stoppable", storage=storage)
+        first = outcome_of(driver, timeout=180)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert first["state"] == "stopped" and first["terminated"] == 1  # only the trial stopped by request
+    assert search_status("stoppable", storage=storage).driver == "stopped"
+
+    second = outcome_of(start_driver("resume", body, home), timeout=300)
+    assert second["state"] == "finished" and second["trials"] == 2
+
+    record = read_record("stoppable", storage)
+    trials = tune_trials(f"{storage}/stoppable")
+    assert {s for s, _ in trials.values()} == {"TERMINATED"} and len(trials) == 2
+    runs = client.search_runs(
+        [client.get_experiment_by_name("stoppable").experiment_id],
+        f"tags.search_id = '{record.search_id}' and tags.role = 'trial'",
+    )
+    assert sorted(r.data.tags["ray_trial_id"] for r in runs) == sorted(trials)
+    for run in runs:
+        epochs = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val/miou"))
+        if run.data.tags["ray_trial_id"] == target_id:
+            assert epochs == list(range(1, stopped_at + 1))
+            assert run.data.tags["pruned_by"] == "user"
+        else:  # only the requested trial was pruned; the interrupted ones resumed to the end
+            assert epochs == list(range(1, EPOCHS + 1))
+            assert run.data.tags["pruned"] == "false"
+        assert run.info.status == "FINISHED"
