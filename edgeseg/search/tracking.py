@@ -224,6 +224,9 @@ class _RunState:
     best_checkpoint: str
     config: dict[str, Any] | None
     max_epochs: int
+    # last step logged per metric key: a driver killed inside log_batch can leave the epoch's
+    # points written but not the ``last_epoch`` tag, so re-attaching reads the histories themselves
+    key_steps: dict[str, int] = field(default_factory=dict)
 
 
 class MlflowTracker(tune.Callback):
@@ -347,9 +350,15 @@ class MlflowTracker(tune.Callback):
             run = found[0]
             if run.info.status != "RUNNING" and trial.status not in TERMINAL:
                 client.update_run(run.info.run_id, status="RUNNING")
+            key_steps = {
+                key: max((m.step for m in client.get_metric_history(run.info.run_id, key)), default=0)
+                for key in run.data.metrics
+                if key.startswith(EPOCH_PREFIXES) or key in EPOCH_KEYS
+            }
             state = _RunState(
                 run_id=run.info.run_id,
-                last_epoch=int(run.data.tags.get("last_epoch", 0)),
+                last_epoch=max([int(run.data.tags.get("last_epoch", 0)), *key_steps.values()]),
+                key_steps=key_steps,
                 static_logged=all(k in run.data.metrics for k in STATIC_KEYS),
                 best_value=float(run.data.tags["best_value"]) if "best_value" in run.data.tags else None,
                 best_checkpoint=run.data.tags.get("best_checkpoint", ""),
@@ -404,25 +413,29 @@ class MlflowTracker(tune.Callback):
             return
         state = self.ensure_run(trial)
         epoch = int(result["epoch"])
-        if epoch <= state.last_epoch:
-            return  # re-reported after a restore: already logged, never a duplicate point
         now = int(time.time() * 1000)
         metrics = [
             Metric(k, float(v), now, epoch)
             for k, v in result.items()
-            if (k.startswith(EPOCH_PREFIXES) or k in EPOCH_KEYS) and _is_number(v)
+            if (k.startswith(EPOCH_PREFIXES) or k in EPOCH_KEYS)
+            and _is_number(v)
+            and epoch > state.key_steps.get(k, 0)
         ]
+        if epoch <= state.last_epoch and not metrics:
+            return  # re-reported after a restore: already logged, never a duplicate point
         if not state.static_logged:
             metrics += [Metric(k, float(result[k]), now, 0) for k in STATIC_KEYS if _is_number(result.get(k))]
             state.static_logged = True
-        tags = [RunTag("last_epoch", str(epoch))]
+        tags = [RunTag("last_epoch", str(max(state.last_epoch, epoch)))]
         path = result.get("checkpoint_path")
         if path:  # both executors persist the epoch's checkpoint before reporting it
             tags += self._maybe_best(state, result, checkpoint_uri(str(self.spec.storage), str(path)), epoch)
         for batch in _batches(metrics, 900):
             self.client.log_batch(state.run_id, metrics=batch, tags=tags)
             tags = []
-        state.last_epoch = epoch
+        for metric in metrics:
+            state.key_steps[metric.key] = max(metric.step, state.key_steps.get(metric.key, 0))
+        state.last_epoch = max(state.last_epoch, epoch)
 
     def _maybe_best(self, state: _RunState, result: Mapping[str, Any], uri: str, epoch: int) -> list[Any]:
         from mlflow.entities import RunTag
