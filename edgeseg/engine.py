@@ -4,6 +4,13 @@ Nothing here knows about Ray or MLflow: ``fit`` writes a checkpoint directory af
 hands it, with the epoch's metrics, to a reporter. A Ray trial's reporter forwards both to Ray; the
 CLI's reporter prints a line. Training reads the frozen backbone's features from the feature cache
 (or computes them on the fly when augmentation changes the images), so only the head runs per step.
+
+Data-parallel training: when a ``torch.distributed`` process group is up (a Ray Train worker group
+of several workers sets one up), ``fit`` wraps the head in ``DistributedDataParallel``, gives each
+rank a disjoint shard of the training images every epoch (``train.batch_size`` is per worker, so the
+global batch is ``batch_size x world size``), evaluates a disjoint shard of the validation images on
+each rank and sums the metric counts over ranks, so every rank reports the same dataset-level
+metrics. Checkpoints hold the unwrapped head and resume on any world size.
 """
 
 from __future__ import annotations
@@ -45,6 +52,42 @@ class FitResult:
     last_checkpoint: Path
     best_metrics: dict[str, float]
     history: list[dict[str, float]]
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in a ``torch.distributed`` group (rank 0 of 1 without one)."""
+
+    rank: int = 0
+    size: int = 1
+
+    @staticmethod
+    def current() -> World:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return World(dist.get_rank(), dist.get_world_size())
+        return World()
+
+    def all_ranks(self, flag: bool) -> bool:
+        """True only if ``flag`` is true on every rank (one collective; no-op for one process)."""
+        if self.size == 1:
+            return flag
+        import torch.distributed as dist
+
+        value = torch.tensor([1 if flag else 0], dtype=torch.int32)
+        dist.all_reduce(value, op=dist.ReduceOp.MIN)
+        return bool(value.item())
+
+    def sum(self, values: list[float]) -> list[float]:
+        """Element-wise sum of ``values`` over ranks (float64)."""
+        if self.size == 1:
+            return values
+        import torch.distributed as dist
+
+        tensor = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return [float(v) for v in tensor]
 
 
 class PrintReporter:
@@ -117,20 +160,50 @@ def loss_spec(config: ExperimentConfig):
 
 
 def make_loader(
-    dataset: Any, batch_size: int, *, shuffle: bool, seed: int, epoch: int, workers: int
+    dataset: Any,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int,
+    epoch: int,
+    workers: int,
+    world: World = World(),
 ) -> DataLoader:
+    """One epoch's loader; the order depends only on (seed, epoch), so a resume sees the same order.
+
+    With several ranks, a training loader (``shuffle``) takes this rank's shard of one shuffled order
+    (``DistributedSampler``: equal lengths, padded by repeating a few images, so every rank runs the
+    same number of steps); an evaluation loader takes every ``world.size``-th image from ``rank``, so
+    the shards are disjoint and cover the data set exactly once.
+    """
+    from torch.utils.data import DistributedSampler, Subset
+
     from edgeseg.data.dataset import collate_roi_samples
 
     if hasattr(dataset, "set_epoch"):
         dataset.set_epoch(epoch)
+    common: dict[str, Any] = {
+        "batch_size": batch_size, "num_workers": workers, "collate_fn": collate_roi_samples, "drop_last": False,
+    }  # fmt: skip
+    if world.size > 1 and shuffle:
+        sampler: DistributedSampler[Any] = DistributedSampler(
+            dataset,
+            num_replicas=world.size,
+            rank=world.rank,
+            shuffle=True,
+            seed=seed * 100_003,
+            drop_last=False,
+        )
+        sampler.set_epoch(epoch)
+        return DataLoader(dataset, sampler=sampler, **common)
+    if world.size > 1:
+        dataset = Subset(dataset, range(world.rank, len(dataset), world.size))
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)  # same order after a resume
-    return DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=workers,
-        collate_fn=collate_roi_samples, drop_last=False,
-    )  # fmt: skip
+    return DataLoader(dataset, shuffle=shuffle, generator=generator, **common)
 
 
 def head_inputs(head: Any, batch: Any, features: Any, device: torch.device):
+    head = getattr(head, "module", head)  # DistributedDataParallel keeps the head as .module
     feats = features.features(batch.indices.tolist(), batch.images)
     inputs = [feats[layer].to(device, non_blocking=True) for layer in head.layer_ids]
     image = batch.images.to(device).float() if head.needs_image else None
@@ -180,11 +253,13 @@ def train_one_epoch(
 ) -> dict[str, float]:
     from edgeseg.losses import compute_loss
 
+    world = World.current()
     head.train()
     totals: dict[str, float] = {}
     steps = 0
     for step, batch in enumerate(loader):
-        if batch.rois.shape[0] == 0:
+        # Under DDP every rank must take the same steps: a batch without ROIs on any rank skips the step.
+        if not world.all_ranks(batch.rois.shape[0] > 0):
             continue
         inputs, rois, image = head_inputs(head, batch, features, device)
         targets = batch.targets.to(device)
@@ -192,9 +267,10 @@ def train_one_epoch(
         with autocast_for(device, amp):
             outputs = head(inputs, rois, image)
         loss, parts = compute_loss(outputs, targets, spec, class_weights, progress)
-        if not torch.isfinite(loss):
+        if not world.all_ranks(bool(torch.isfinite(loss))):
             raise NonFiniteLossError(
-                f"non-finite loss {loss.item()} at epoch {epoch}, step {step} (components {parts}); "
+                f"non-finite loss {loss.item()} at epoch {epoch}, step {step} on rank {world.rank} of "
+                f"{world.size} (components {parts}); "
                 "lower train.lr or enable train.grad_clip; the last checkpoint is kept"
             )
         optimizer.zero_grad(set_to_none=True)
@@ -208,7 +284,9 @@ def train_one_epoch(
         for key, value in parts.items():
             totals[key] = totals.get(key, 0.0) + float(value)
         steps += 1
-    return {f"train/{k}": v / max(1, steps) for k, v in totals.items()}
+    keys = sorted(totals)
+    summed = world.sum([totals[k] for k in keys] + [float(steps)])  # the mean over all ranks' steps
+    return {f"train/{k}": v / max(1.0, summed[-1]) for k, v in zip(keys, summed, strict=False)}
 
 
 @torch.no_grad()
@@ -222,6 +300,8 @@ def evaluate(
     *,
     on_batch: Callable[[Any, dict[str, torch.Tensor]], None] | None = None,
 ) -> dict[str, float]:
+    """Metrics over ``loader``; under ``torch.distributed`` each rank passes its own shard and the
+    counts are summed over ranks, so every rank returns the metrics of the whole data set."""
     from edgeseg.losses import compute_loss
     from edgeseg.metrics import MetricAccumulator
 
@@ -240,8 +320,11 @@ def evaluate(
         metrics.update(outputs["logits"].float().cpu(), targets.cpu())
         if on_batch is not None:
             on_batch(batch, outputs)
+    world = World.current()
+    metrics.merge_ranks(world.sum)
+    loss_total, batches_total = world.sum([loss_total, float(batches)])
     result = {f"val/{k}": float(v) for k, v in metrics.compute().items()}
-    result["val/loss"] = loss_total / max(1, batches)
+    result["val/loss"] = loss_total / max(1.0, batches_total)
     return result
 
 
@@ -320,15 +403,22 @@ def fit(
     prepared: pipeline.Prepared | None = None,
     keep_checkpoints: int = 2,
     log: Callable[[str], None] = print,
+    device: torch.device | None = None,
 ) -> FitResult:
-    """Train one configuration; checkpoint and report after every epoch; resume exactly."""
+    """Train one configuration; checkpoint and report after every epoch; resume exactly.
+
+    ``device`` overrides ``train.device`` (a Ray Train worker passes the GPU Ray gave it). Inside a
+    ``torch.distributed`` group the training is data-parallel (see the module's docstring); exact
+    resume is then per epoch: the data order is the same, but not every rank's random state.
+    """
     from edgeseg.complexity import count_parameters, flops_report
 
     run_dir = Path(run_dir)
     checkpoints = run_dir / "checkpoints"
     seed_everything(config.train.seed)
     prepared = prepared or pipeline.prepare(config, log=log)
-    device = select_device(config.train.device)
+    device = device or select_device(config.train.device)
+    world = World.current()
     t = config.train
 
     head = pipeline.build_head(prepared.model, prepared.layer_infos).to(device)
@@ -336,7 +426,7 @@ def fit(
     flops = flops_report(head.cpu(), prepared.layer_infos, config.data.input_size)
     head.to(device)
     optimizer = torch.optim.AdamW(head.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-    train_loader_len = math.ceil(len(prepared.train) / t.batch_size)
+    train_loader_len = math.ceil(math.ceil(len(prepared.train) / world.size) / t.batch_size)
     total_steps = train_loader_len * t.epochs
     warmup = int(round(t.warmup_epochs * train_loader_len))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, warmup, t.min_lr / t.lr))
@@ -368,16 +458,26 @@ def fit(
         best = dict(state.get("best_metrics", best))
         log(f"resuming from {resume_from} at epoch {start_epoch}")
 
+    model: torch.nn.Module = head
+    if world.size > 1:  # after loading a checkpoint: DDP broadcasts rank 0's weights to all ranks
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(head, device_ids=None if device.index is None else [device.index])
+        log(
+            f"data-parallel training: rank {world.rank} of {world.size}, {t.batch_size} images per rank and step"
+        )
+
     last_dir = best_dir
     for epoch in range(start_epoch, t.epochs + 1):
         began = time.perf_counter()
         loader = make_loader(
-            prepared.train, t.batch_size, shuffle=True, seed=t.seed, epoch=epoch, workers=t.num_workers
-        )
+            prepared.train, t.batch_size, shuffle=True, seed=t.seed, epoch=epoch, workers=t.num_workers,
+            world=world,
+        )  # fmt: skip
         metrics: dict[str, float] = {"epoch": epoch}
         metrics.update(
             train_one_epoch(
-                head,
+                model,
                 loader,
                 prepared.train_features,
                 optimizer,
@@ -394,8 +494,9 @@ def fit(
         )
         if epoch % t.eval_every == 0 or epoch == t.epochs:
             val_loader = make_loader(
-                prepared.val, t.batch_size, shuffle=False, seed=t.seed, epoch=0, workers=t.num_workers
-            )
+                prepared.val, t.batch_size, shuffle=False, seed=t.seed, epoch=0, workers=t.num_workers,
+                world=world,
+            )  # fmt: skip
             metrics.update(evaluate(head, val_loader, prepared.val_features, spec, class_weights, device))
         metrics["lr"] = optimizer.param_groups[0]["lr"]
         metrics["params_count"] = float(params_count)

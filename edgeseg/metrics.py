@@ -18,7 +18,7 @@ Functions are pure; ``MetricAccumulator`` only sums counts over batches.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -152,6 +152,19 @@ class MetricAccumulator:
         scored = ~torch.isnan(f)
         self.boundary_sum += float(f[scored].sum())
         self.boundary_count += int(scored.sum())
+
+    def merge_ranks(self, sum_over_ranks: Callable[[list[float]], list[float]]) -> None:
+        """Replace every count by its sum over the ranks of a process group (``World.sum``), so that
+        ``compute`` gives the metrics of the union of the ranks' batches."""
+        fields = [self.rois, self.per_roi_sum, self.nonempty_sum, self.nonempty_count]
+        fields += [self.boundary_sum, self.boundary_count]
+        flat = sum_over_ranks([float(v) for v in self.confusion.flatten().tolist()] + fields)
+        cells = self.confusion.numel()
+        self.confusion = torch.tensor([round(v) for v in flat[:cells]], dtype=torch.int64).view_as(
+            self.confusion
+        )
+        rois, self.per_roi_sum, self.nonempty_sum, nonempty, self.boundary_sum, boundary = flat[cells:]
+        self.rois, self.nonempty_count, self.boundary_count = round(rois), round(nonempty), round(boundary)
 
     def compute(self) -> dict[str, float]:
         if self.rois == 0:

@@ -435,10 +435,6 @@ def _check_combinations(r: _Reader, spec: SearchSpec, base: ExperimentConfig) ->
         r.fail("resources.cpus_per_worker", "must be > 0")
     if res.gpus_per_worker < 0 or (res.gpus_per_worker > 1 and not float(res.gpus_per_worker).is_integer()):
         r.fail("resources.gpus_per_worker", "must be a fraction in [0, 1] or a whole number of GPUs")
-    if res.workers > 1:
-        # Several workers would each train the whole model on all data: not data-parallel, just waste.
-        r.fail("resources.workers", "> 1 needs data-parallel training in edgeseg.engine.fit, which trains "
-               "in one process today; use 1 (GPUs per worker can still be fractional)")  # fmt: skip
     if res.executor == "function" and res.workers != 1:
         r.fail(
             "resources.workers", "the function executor runs one process; use executor: train for workers > 1"

@@ -64,12 +64,25 @@ def _stored_metrics(checkpoint_dir: Path) -> dict[str, float]:
 
 
 def _fit(
-    spec: SearchSpec, trial: Mapping[str, Any], reporter: Any, resume_dir: Path | None, run_dir: Path
+    spec: SearchSpec,
+    trial: Mapping[str, Any],
+    reporter: Any,
+    resume_dir: Path | None,
+    run_dir: Path,
+    device: Any = None,
 ) -> None:
     from edgeseg.engine import fit
 
     config = trial_config(spec, trial_overrides(trial), int(trial.get("repeat", 0)))
-    fit(config, reporter, run_dir=run_dir, resume_from=resume_dir, keep_checkpoints=1, log=log.info)
+    fit(
+        config,
+        reporter,
+        run_dir=run_dir,
+        resume_from=resume_dir,
+        keep_checkpoints=1,
+        log=log.info,
+        device=device,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -185,8 +198,10 @@ class TrainReporter:
 
 
 def train_worker_loop(loop_config: dict[str, Any]) -> None:
-    """Runs in each Ray Train worker."""
+    """Runs in each Ray Train worker. With ``resources.workers > 1`` TorchTrainer has set up a
+    ``torch.distributed`` group (gloo on CPU, NCCL on GPU) and ``fit`` trains data-parallel in it."""
     import ray.train
+    import ray.train.torch
 
     spec: SearchSpec = loop_config["spec"]
     trial: dict[str, Any] = loop_config["trial"]
@@ -194,16 +209,18 @@ def train_worker_loop(loop_config: dict[str, Any]) -> None:
     rank = ray.train.get_context().get_world_rank()
     reporter = TrainReporter(rank)
     run_dir = Path(tempfile.mkdtemp(prefix=f"edgeseg-train-r{rank}-"))
+    # the GPU Ray gave this worker (cuda:<local index>); CPU workers follow train.device
+    device = ray.train.torch.get_device() if spec.resources.gpus_per_worker > 0 else None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
-        _fit(spec, trial, reporter, None, run_dir)
+        _fit(spec, trial, reporter, None, run_dir, device)
         return
     with checkpoint.as_directory() as directory:
         # Train may have persisted this epoch while the Tune driver was dying, before Tune (and so
         # MLflow) saw it; report it again so the epoch history has no gap. The tracker skips it if
         # it was logged already.
         ray.train.report(_stored_metrics(Path(directory)))
-        _fit(spec, trial, reporter, Path(directory), run_dir)
+        _fit(spec, trial, reporter, Path(directory), run_dir, device)
 
 
 def train_driver_trial(config: dict[str, Any], spec: SearchSpec) -> None:

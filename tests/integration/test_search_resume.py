@@ -3,62 +3,17 @@ requested trials, one MLflow run per trial, and every epoch logged exactly once.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from search_helpers import outcome_of, start_driver, tiny_overrides
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-TINY = {
-    "data.input_size": 128,
-    "data.synth_train_images": 8,
-    "data.synth_val_images": 4,
-    "model.channels": 8,
-    "model.mask_size": 16,
-    "model.roi_size": 7,
-    "train.batch_size": 4,
-    "train.warmup_epochs": 0,
-    "train.device": "cpu",
-    "train.epochs": 4,
-}
-
-DRIVER = """
-import dataclasses, json, sys
-from edgeseg.search.spec import spec_from_mapping
-from edgeseg.search.tuner import resume_search, run_search
-body = json.loads(sys.argv[2])
-if sys.argv[1] == "run":
-    outcome = run_search(spec_from_mapping(body), num_cpus=2, progress=False)
-else:
-    outcome = resume_search(body["name"], storage=body["storage"], num_cpus=2)
-print("OUTCOME " + json.dumps(dataclasses.asdict(outcome)), flush=True)
-"""
-
-
-def start_driver(mode: str, body: dict, home: Path) -> subprocess.Popen:
-    env = {**os.environ, "EDGESEG_HOME": str(home), "PYTHONUNBUFFERED": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.Popen(
-        [sys.executable, "-c", DRIVER, mode, json.dumps(body)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # its own process group: SIGKILL takes the driver and its local Ray
-    )
-
-
-def outcome_of(proc: subprocess.Popen, timeout: float) -> dict:
-    out, _ = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, out[-4000:]
-    line = [x for x in out.splitlines() if x.startswith("OUTCOME ")][-1]
-    return json.loads(line[len("OUTCOME ") :])
+TINY = tiny_overrides(epochs=4)
 
 
 def mlflow_client(home: Path):

@@ -4,6 +4,7 @@ fetch-best and its constraints, the status table, and one search on the Ray Trai
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -11,24 +12,14 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import yaml
+from search_helpers import tiny_overrides
 
 from edgeseg.config import load_config
 from edgeseg.search.spec import spec_from_mapping
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-TINY = {
-    "data.input_size": 128,
-    "data.synth_train_images": 8,
-    "data.synth_val_images": 4,
-    "model.channels": 8,
-    "model.mask_size": 16,
-    "model.roi_size": 7,
-    "train.batch_size": 4,
-    "train.warmup_epochs": 0,
-    "train.device": "cpu",
-    "train.epochs": 3,
-}
+TINY = tiny_overrides(epochs=3)
 EPOCH_METRICS = ("val/miou", "val/iou_target", "val/iou_other", "val/loss", "train/loss", "lr")
 
 
@@ -274,3 +265,39 @@ def test_train_executor_runs_a_torchtrainer_per_trial(env):
     assert run.data.tags["best_checkpoint"].startswith(str(train_dir))
     assert steps(client, run.info.run_id, "val/miou") == [1, 2]
     assert run.data.tags["onnx"] == "exported" and run.info.status == "FINISHED"
+
+
+def test_two_train_workers_train_data_parallel_and_report_whole_set_metrics(env):
+    """resources.workers=2: a gloo DDP group; each rank takes half the training images (half the
+    optimizer steps of one worker), and the reported val/miou is that of the whole validation set."""
+    from edgeseg import pipeline
+    from edgeseg.config import config_from_dict
+    from edgeseg.engine import load_checkpoint
+    from edgeseg.search.tuner import run_search
+    from edgeseg.workflows import validate_checkpoint
+
+    spec = make_spec(
+        env,
+        "ddp",
+        base={"preset": "baseline", "overrides": {**TINY, "train.epochs": 2}},
+        space={"train.lr": {"grid": [1e-2]}},
+        searcher={"kind": "grid"},
+        scheduler={"kind": "fifo"},
+        resources={"executor": "train", "workers": 2, "cpus_per_worker": 1},
+    )
+    outcome = run_search(spec, progress=False)
+    assert outcome.state == "finished" and outcome.trials == 1
+    client, _, runs, _ = trial_runs(spec, outcome.search_id)
+    (run,) = runs
+    assert steps(client, run.info.run_id, "val/miou") == [1, 2]
+    state = load_checkpoint(run.data.tags["best_checkpoint"])
+    config = config_from_dict(state["config"])
+    images, per_step = len(pipeline.prepare(config).train), config.train.batch_size
+    # the optimizer stepped ceil(ceil(images / 2 ranks) / batch) times per epoch, not ceil(images / batch)
+    steps_per_rank = math.ceil(math.ceil(images / 2) / per_step)
+    assert state["scheduler"]["last_epoch"] == state["epoch"] * steps_per_rank
+    assert math.ceil(images / per_step) > steps_per_rank  # the two counts really differ
+    logged = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val/miou")}
+    alone = validate_checkpoint(run.data.tags["best_checkpoint"], out_dir=env / "ddp-validation", overlays=0)
+    assert alone["metrics"]["val/miou"] == pytest.approx(logged[state["epoch"]], abs=1e-9)
+    assert alone["metrics"]["val/miou"] == pytest.approx(state["metrics"]["val/miou"], abs=1e-9)

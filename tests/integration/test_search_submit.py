@@ -17,21 +17,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from search_helpers import tiny_overrides
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-TINY = {
-    "data.input_size": 128,
-    "data.synth_train_images": 8,
-    "data.synth_val_images": 4,
-    "model.channels": 8,
-    "model.mask_size": 16,
-    "model.roi_size": 7,
-    "train.batch_size": 4,
-    "train.warmup_epochs": 0,
-    "train.device": "cpu",
-    "train.epochs": 2,
-}
+TINY = tiny_overrides(epochs=2)
 
 
 def test_auth_token_sources(tmp_path, monkeypatch):

@@ -21,14 +21,7 @@ from edgeseg.config import ModelConfig
 from edgeseg.export import export_head, onnx_feed
 from edgeseg.models import build_head
 
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    # Tiny tensors gain nothing from threads; idle OpenMP workers spinning on a shared 2-core machine cost a lot.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @dataclass(frozen=True)

@@ -28,16 +28,10 @@ def single_thread() -> ort.SessionOptions:
     return options
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    # Tiny tensors gain nothing from threads; idle OpenMP workers spinning on a shared 2-core machine cost a lot.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-pytestmark = pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::DeprecationWarning")
+pytestmark = [
+    pytest.mark.usefixtures("single_torch_thread"),
+    pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::DeprecationWarning"),
+]
 
 INPUT_SIZE = 64
 

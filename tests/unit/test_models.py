@@ -20,14 +20,7 @@ from edgeseg.models.fusion import FpnFusion, SingleLayer
 from edgeseg.models.pooling import ResizeConv
 from edgeseg.models.registry import Registry
 
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    # Tiny tensors gain nothing from threads; idle OpenMP workers spinning on a shared 2-core machine cost a lot.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ A second group checks that presets differing in one flag differ exactly there, i
 from __future__ import annotations
 
 import types
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +27,10 @@ from edgeseg.export import export_head
 from edgeseg.losses import compute_loss
 from edgeseg.models.head import RoiSegmentationHead
 
-pytestmark = pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::DeprecationWarning")
+pytestmark = [
+    pytest.mark.usefixtures("single_torch_thread"),
+    pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::DeprecationWarning"),
+]
 
 INPUT_SIZE = 128
 CHANNELS = 8
@@ -62,15 +64,6 @@ ROIS = torch.tensor(
         [1, 5.0, 70.0, 90.0, 126.0],
     ]
 )
-
-
-@pytest.fixture(autouse=True)
-def _single_thread() -> Iterator[None]:
-    # Tiny tensors gain nothing from threads; idle OpenMP workers spinning on a shared 2-core machine cost a lot.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _shrink(size: int) -> int:

@@ -10,20 +10,13 @@ from onnx import TensorProto, helper
 
 from edgeseg.models.roi_align import RoIAlign, roi_align
 
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
 
 def single_thread() -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     return options
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    # Tiny tensors gain nothing from threads; idle OpenMP workers spinning on a shared 2-core machine cost a lot.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def ort_roi_align(
