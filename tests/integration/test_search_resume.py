@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -30,10 +31,53 @@ def logged_points(client, experiment_name: str) -> int:
     return sum(len(client.get_metric_history(r.info.run_id, "val/miou")) for r in runs)
 
 
-def test_sigkill_mid_search_then_resume_completes_without_duplicates(tmp_path):
-    from edgeseg.search.control import read_record, tune_trials
+def epochs_stored(storage: str) -> int:
+    """Trial checkpoints written so far (``<search>/trial_runs/<trial>/epoch_NNNN``), on any storage."""
+    import pyarrow.fs as pafs
+
+    from edgeseg.search.control import StorageFolder
+
+    folder = StorageFolder(f"{storage}/crash/trial_runs")
+    if not folder.exists():
+        return 0
+    infos = folder.fs.get_file_info(pafs.FileSelector(folder.path, recursive=True))
+    return sum(1 for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("epoch_"))
+
+
+@pytest.fixture
+def s3_bucket(monkeypatch):
+    """A real S3 API on 127.0.0.1 (moto's server) with one bucket; AWS_* variables point pyarrow,
+    Ray and every child process at it, as they would at MinIO or S3."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "edgeseg-test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "edgeseg-test-secret")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    boto3.client("s3").create_bucket(Bucket="edgeseg-searches")
+    try:
+        yield "s3://edgeseg-searches/team"
+    finally:
+        server.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_sigkill_mid_search_then_resume_completes_without_duplicates(tmp_path, where, request):
+    from edgeseg.search.control import StorageFolder, read_record, tune_trials
 
     home = tmp_path / "home"
+    storage = request.getfixturevalue("s3_bucket") if where == "s3" else str(tmp_path / "storage")
     body = {
         "name": "crash",
         "base": {"preset": "baseline", "overrides": TINY},
@@ -42,15 +86,14 @@ def test_sigkill_mid_search_then_resume_completes_without_duplicates(tmp_path):
         "scheduler": {"kind": "fifo"},
         "resources": {"executor": "function"},
         "max_concurrent_trials": 2,
-        "storage": str(tmp_path / "storage"),
+        "storage": storage,
     }
     driver = start_driver("run", body, home)
-    experiment_dir = tmp_path / "storage" / "crash"
     deadline = time.monotonic() + 240
     try:
         # Trial checkpoints, one per epoch reported: watching them keeps this process off the MLflow
         # database while the driver creates it.
-        while len(list(experiment_dir.glob("trial_runs/*/epoch_*"))) < 3:
+        while epochs_stored(storage) < 3:
             assert driver.poll() is None, driver.communicate()[0][-4000:]
             assert time.monotonic() < deadline, "the search reported no epochs within 240 s"
             time.sleep(0.2)
@@ -65,8 +108,8 @@ def test_sigkill_mid_search_then_resume_completes_without_duplicates(tmp_path):
     assert resumed["state"] == "finished"
     assert resumed["trials"] == resumed["expected_trials"] == 2
 
-    record = read_record("crash", str(tmp_path / "storage"))
-    trials = tune_trials(str(tmp_path / "storage" / "crash"))
+    record = read_record("crash", storage)
+    trials = tune_trials(f"{storage}/crash")
     assert len(trials) == 2 and {s for s, _ in trials.values()} == {"TERMINATED"}
     experiment = client.get_experiment_by_name("crash")
     runs = client.search_runs(
@@ -81,3 +124,11 @@ def test_sigkill_mid_search_then_resume_completes_without_duplicates(tmp_path):
             history = client.get_metric_history(run.info.run_id, key)
             assert sorted(m.step for m in history) == [1, 2, 3, 4], (key, [m.step for m in history])
         assert run.data.tags["onnx"] == "exported"
+        # the ONNX was exported from the trial's best checkpoint, read back from the search storage
+        assert run.data.tags["best_checkpoint"].startswith(storage)
+    if where == "s3":
+        assert not (tmp_path / "storage").exists()
+        search = StorageFolder(f"{storage}/crash")
+        assert {"trial_runs", "edgeseg"} <= set(search.list())  # checkpoints and the search record
+        assert search.child("edgeseg").exists("search.json")
+        assert len(search.child("trial_runs").list()) == 2
