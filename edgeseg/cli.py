@@ -147,7 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="ONNX + sidecar for a checkpoint, checked in ONNX Runtime")
     p.add_argument("checkpoint")
     p.add_argument("--out", default=None)
-    p.add_argument("--merge-backbone", action="store_true", help="also write one ONNX: image + rois -> masks")
+    p.add_argument(
+        "--merge-backbone",
+        action="store_true",
+        help="also write one ONNX: image (RGB 0..255, letterboxed) + rois -> masks, backbone preprocessing inside",
+    )
     p.add_argument("--tolerance", type=float, default=1e-3)
     p.set_defaults(func=cmd_export)
 

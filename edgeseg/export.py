@@ -11,7 +11,7 @@ The exported graph (opset 17, TorchScript exporter) takes, in this order:
 and returns ``masks``: float32 [N, 3, M, M] logits (0 background, 1 target, 2 other persons).
 The sidecar ``<stem>.json`` describes all of this plus the layer map, preprocessing, config and metrics,
 so the file can be used without edgeseg. :func:`merge_backbone_and_head` joins a backbone ONNX and a
-head ONNX into one graph ``images`` + ``rois`` -> ``masks``.
+head ONNX into one graph ``image`` (0..255, the backbone's preprocessing inside) + ``rois`` -> ``masks``.
 """
 
 from __future__ import annotations
@@ -304,21 +304,78 @@ def _align_versions(first: Any, second: Any) -> tuple[Any, Any]:
     return first, second
 
 
+MERGED_IMAGE_INPUT = "image"
+
+
+def _rename_input(model: Any, old: str, new: str) -> None:
+    for value in model.graph.input:
+        if value.name == old:
+            value.name = new
+    for node in model.graph.node:
+        for k, name in enumerate(node.input):
+            if name == old:
+                node.input[k] = new
+
+
+def _embed_preprocessing(model: Any, source: Any, preprocessing: Mapping[str, Any]) -> None:
+    """Replace ``model``'s image input ``source`` by ``image`` (float 0..255) and compute ``source``
+    from it in the graph: ``(image * scale - mean) / std`` per channel, cast to the input's type."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    scale = float(preprocessing.get("scale", 1.0))
+    mean = np.broadcast_to(np.asarray(preprocessing.get("mean", 0.0), np.float32), (3,)).reshape(1, 3, 1, 1)
+    std = np.broadcast_to(np.asarray(preprocessing.get("std", 1.0), np.float32), (3,)).reshape(1, 3, 1, 1)
+    if not np.all(std != 0):
+        raise ValueError(f"preprocessing std must be non-zero, got {preprocessing.get('std')}")
+    if any(n.name == MERGED_IMAGE_INPUT for n in model.graph.input):
+        raise ValueError(f"the backbone already has an input named {MERGED_IMAGE_INPUT!r}")
+    dims = [d.dim_param or d.dim_value for d in source.type.tensor_type.shape.dim]
+    elem_type = source.type.tensor_type.elem_type
+    model.graph.initializer.extend([
+        numpy_helper.from_array(np.asarray(scale, np.float32), "edgeseg_prep_scale"),
+        numpy_helper.from_array(np.ascontiguousarray(mean), "edgeseg_prep_mean"),
+        numpy_helper.from_array(np.ascontiguousarray(std), "edgeseg_prep_std"),
+    ])  # fmt: skip
+    normalised = source.name if elem_type == onnx.TensorProto.FLOAT else "edgeseg_prep_normalised"
+    nodes = [
+        helper.make_node("Mul", [MERGED_IMAGE_INPUT, "edgeseg_prep_scale"], ["edgeseg_prep_scaled"]),
+        helper.make_node("Sub", ["edgeseg_prep_scaled", "edgeseg_prep_mean"], ["edgeseg_prep_centred"]),
+        helper.make_node("Div", ["edgeseg_prep_centred", "edgeseg_prep_std"], [normalised]),
+    ]
+    if normalised != source.name:
+        nodes.append(helper.make_node("Cast", [normalised], [source.name], to=elem_type))
+    for node in reversed(nodes):  # before every node that reads the old input
+        model.graph.node.insert(0, node)
+    inputs = [i for i in model.graph.input if i.name != source.name]
+    del model.graph.input[:]
+    model.graph.input.extend(
+        [helper.make_tensor_value_info(MERGED_IMAGE_INPUT, onnx.TensorProto.FLOAT, dims), *inputs]
+    )
+
+
 def merge_backbone_and_head(
     backbone_onnx: str | Path,
     backbone_output_names_by_layer: Mapping[str, str],
     head_onnx: str | Path,
     out_path: str | Path,
     *,
+    preprocessing: Mapping[str, Any] | None = None,
     image_scale: float | None = None,
 ) -> Path:
-    """One ONNX: the backbone's own image input(s) + ``rois`` -> ``masks``.
+    """One ONNX graph for deployment: image + ``rois`` -> ``masks``.
 
     ``backbone_output_names_by_layer`` maps each head layer id to the backbone output feeding
-    ``features_<layer_id>``. An RGB-enhanced head also takes ``image`` (0..255 float): it is computed
-    from the backbone's (single) image input as ``float(input) * image_scale`` (e.g. 255 for a
-    backbone that takes 0..1 floats, 1 for one that takes uint8 or 0..255 floats); ``image_scale`` is
-    then required.
+    ``features_<layer_id>``.
+
+    With ``preprocessing`` (``{"scale", "mean", "std"}``, as the backbone sidecar records it), the
+    merged graph takes ``image``: float32 [B, 3, S, S] RGB in 0..255, the letterboxed network input,
+    and applies ``(image * scale - mean) / std`` itself before the backbone, so a caller needs no
+    knowledge of the backbone; an RGB-enhanced head gets the same 0..255 ``image``.
+
+    Without it, the merged graph keeps the backbone's own image input, fed as the backbone wants it;
+    an RGB-enhanced head then gets ``float(input) * image_scale`` (e.g. 255 for a backbone that takes
+    0..1 floats, 1 for one that takes uint8 or 0..255 floats), and ``image_scale`` is required.
     """
     import onnx
     from onnx import compose, helper
@@ -349,6 +406,14 @@ def merge_backbone_and_head(
     head = compose.add_prefix(head, "head/", rename_inputs=False, rename_outputs=False)
 
     needs_image = "image" in head_inputs
+    if preprocessing is not None:
+        if len(backbone_inputs) != 1:
+            raise ValueError(
+                f"{backbone_onnx}: embedding preprocessing needs exactly one image input, has {len(backbone_inputs)}"
+            )
+        _embed_preprocessing(backbone, backbone_inputs[0], preprocessing)
+        backbone_inputs = [i for i in backbone.graph.input if i.name not in initializers]
+        image_scale = 1.0  # the graph input is the 0..255 image itself
     if needs_image:
         if image_scale is None:
             raise ValueError("the head is RGB-enhanced (input 'image'): pass image_scale")
@@ -370,7 +435,9 @@ def merge_backbone_and_head(
 
     io_map = [(output, f"features_{layer}") for layer, output in backbone_output_names_by_layer.items()]
     if needs_image:
-        io_map.append(("backbone/image_0_255", "image"))
+        # the merged graph may itself take an input named "image": the head's is renamed out of its way
+        _rename_input(head, "image", "head/image")
+        io_map.append(("backbone/image_0_255", "head/image"))
     merged = compose.merge_models(
         backbone,
         head,

@@ -274,8 +274,9 @@ def export_checkpoint(
 ) -> ExportResult:
     """ONNX + sidecar for a checkpoint, parity-checked in ONNX Runtime, with latency and complexity.
 
-    With ``merge_backbone`` it also writes ``model_with_backbone.onnx``: one graph taking the image
-    (as the backbone takes it) and ``rois`` and returning ``masks``, for deployment.
+    With ``merge_backbone`` it also writes ``model_with_backbone.onnx``: one graph taking ``image``
+    (float32 [B, 3, S, S], letterboxed RGB in 0..255; the backbone's preprocessing is inside the graph)
+    and ``rois``, returning ``masks``, for deployment. Every head merges, RGB-enhanced ones included.
     """
     from edgeseg import engine
     from edgeseg.complexity import count_parameters, flops_report, latency_report
@@ -318,19 +319,11 @@ def export_checkpoint(
                 f"checkpoint {checkpoint}: backbone ONNX {onnx_file!r} is not on this machine"
             )
         names = {k: backbone["layers"][k]["output_name"] for k in head.layer_ids}
-        scale = None
-        if head.needs_image:
-            prep = backbone.get("preprocessing", {})
-            if float(prep.get("scale", 1.0)) != 1.0 or any(
-                float(m) != 0.0 for m in _as_list(prep.get("mean", 0))
-            ):
-                raise ValueError(
-                    "merge_backbone: the RGB branch needs the raw image, but this backbone normalises its input "
-                    "inside the caller; export the head alone and feed `image` separately"
-                )
-            scale = 1.0
+        from edgeseg.backbone.layer_map import Preprocessing
+
+        prep = backbone.get("preprocessing") or Preprocessing().to_dict()
         merged = merge_backbone_and_head(onnx_file, names, report.onnx_path, out / "model_with_backbone.onnx",
-                                         image_scale=scale)  # fmt: skip
+                                         preprocessing=prep)  # fmt: skip
     return ExportResult(
         report.onnx_path,
         report.sidecar_path,
@@ -340,7 +333,3 @@ def export_checkpoint(
         flops["gflops_per_roi"],
         merged,
     )
-
-
-def _as_list(value: Any) -> list[Any]:
-    return list(value) if isinstance(value, list | tuple) else [value]

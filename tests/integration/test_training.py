@@ -179,3 +179,38 @@ def test_cli_bad_override_names_the_key(home: Path, capsys) -> None:
     code = main(["train", "--preset", "baseline", "--set", "train.learning_rate=1"])
     assert code == 2
     assert "train.learning_rate" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("rgb", [False, True], ids=["features-only", "rgb-enhanced"])
+def test_merged_onnx_takes_the_letterboxed_image(trained, home: Path, tmp_path: Path, rgb: bool) -> None:
+    """``export --merge-backbone``: one graph ``image`` (0..255) + ``rois`` -> ``masks`` with the real
+    EfficientNet-Lite0 and its ImageNet normalisation inside, RGB-enhanced heads included; it agrees
+    with the head run on the backbone's features (the cache keeps them in fp16, hence the tolerance)."""
+    config, prepared, _, result, _ = trained
+    checkpoint = result.best_checkpoint
+    if rgb:
+        config = load_config(
+            "baseline",
+            overrides={**OVERRIDES, "model.rgb_layers": "deep", "train.epochs": 1, "train.warmup_epochs": 0},
+        )
+        prepared = pipeline.prepare(config, log=lambda _: None)
+        fitted = engine.fit(config, run_dir=tmp_path / "rgb", prepared=prepared, log=lambda _: None)
+        checkpoint = fitted.best_checkpoint
+    exported = pipeline.export_checkpoint(
+        checkpoint, tmp_path / "onnx", merge_backbone=True, latency_rois=(1,)
+    )
+    assert exported.merged_path is not None
+    merged = ort.InferenceSession(str(exported.merged_path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in merged.get_inputs()] == ["image", "rois"]
+
+    head, _, _ = engine.head_from_checkpoint(engine.load_checkpoint(checkpoint))
+    head.eval()
+    assert head.needs_image == rgb
+    batch = next(iter(engine.make_loader(prepared.val, 2, shuffle=False, seed=0, epoch=0, workers=0)))
+    inputs, rois, image = engine.head_inputs(head, batch, prepared.val_features, torch.device("cpu"))
+    with torch.no_grad():
+        expected = head(inputs, rois, image)["logits"].numpy()
+    (actual,) = merged.run(["masks"], {"image": batch.images.float().numpy(), "rois": rois.numpy()})
+    assert actual.shape == expected.shape
+    assert np.abs(actual - expected).max() < 0.05 * max(1.0, np.abs(expected).max())
+    assert (actual.argmax(1) == expected.argmax(1)).mean() > 0.99

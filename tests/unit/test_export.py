@@ -241,6 +241,42 @@ def test_merged_backbone_and_head_equals_running_them_separately(tmp_path, rgb):
     assert expected.shape == (len(rois), 3, 16, 16)
 
 
+@pytest.mark.parametrize("rgb", [False, True])
+def test_merged_graph_with_embedded_preprocessing_takes_the_0_255_image(tmp_path, rgb):
+    layers = {"l4": LAYERS["l4"], "l8": LAYERS["l8"]}
+    cfg = tiny_config("plain", layers=("l4", "l8"), rgb_layers=("l4",) if rgb else ())
+    head = build_head(cfg, layers)
+    head_path = export_head(head, layers, INPUT_SIZE, tmp_path / "head.onnx").onnx_path
+    backbone_path = tmp_path / "backbone.onnx"
+    tiny_backbone(backbone_path, uint8_input=False)  # takes normalised floats
+    prep = {"scale": 1 / 255, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+    merged_path = merge_backbone_and_head(
+        backbone_path,
+        {"l4": "feat_s4", "l8": "feat_s8"},
+        head_path,
+        tmp_path / "merged.onnx",
+        preprocessing=prep,
+    )
+    merged = session(merged_path)
+    assert [i.name for i in merged.get_inputs()] == ["image", "rois"]
+    assert merged.get_inputs()[0].type == "tensor(float)"
+
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 256, (2, 3, 64, 64)).astype(np.float32)
+    mean = np.asarray(prep["mean"], np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(prep["std"], np.float32).reshape(1, 3, 1, 1)
+    normalised = ((image * np.float32(prep["scale"]) - mean) / std).astype(np.float32)
+    rois = ROIS[ROIS[:, 0] < 2]
+    feat_s4, feat_s8 = session(backbone_path).run(["feat_s4", "feat_s8"], {"images": normalised})
+    separate_feed = {"features_l4": feat_s4, "features_l8": feat_s8, "rois": rois}
+    if rgb:
+        separate_feed["image"] = image  # the RGB branch sees the raw 0..255 image, not the normalised one
+    (expected,) = session(head_path).run(["masks"], separate_feed)
+    (actual,) = merged.run(["masks"], {"image": image, "rois": rois})
+    np.testing.assert_allclose(actual, expected, atol=1e-5, rtol=0)
+
+
 def test_merge_rejects_mismatched_layers(tmp_path):
     layers = {"l4": LAYERS["l4"]}
     head = build_head(tiny_config("plain", layers=("l4",)), layers)
