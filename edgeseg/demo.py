@@ -7,6 +7,7 @@ fetched best ONNX and how to open the MLflow UI.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 SMOKE = Path(__file__).resolve().parents[1] / "searches" / "smoke.yaml"
@@ -37,11 +38,12 @@ def run_demo(spec_path: str | Path = SMOKE) -> int:
             )
         )
     )
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bar mid-summary
     out = paths.subdir("demo") / "best.onnx"
     best = fetch_best(spec.name, out=out, storage=str(spec.storage))
     print(
-        f"\nbest trial {best.trial_id}: {best.metric}={best.value:.4f}, {best.gflops} GFLOPs/ROI, "
-        f"{best.latency_ms} ms\n  ONNX: {best.onnx_path}\n  sidecar: {best.sidecar_path}"
+        f"\nbest trial {best.trial_id}: {best.metric}={best.value:.4f}, {_fmt(best.gflops, '.4g')} GFLOPs/ROI, "
+        f"ONNX Runtime latency {_fmt(best.latency_ms, '.1f')} ms\n  ONNX: {best.onnx_path}\n  sidecar: {best.sidecar_path}"
     )
     print(
         "\nNext:\n"
@@ -51,3 +53,7 @@ def run_demo(spec_path: str | Path = SMOKE) -> int:
         "  .venv/bin/edgeseg search run searches/ablation.yaml   # the seed's feature grid (longer)"
     )
     return 0 if outcome.state == "finished" else 3
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
