@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 import edgeseg
+from edgeseg.backbone.layer_map import Preprocessing
 from edgeseg.complexity import example_inputs, feature_shape
 from edgeseg.models.head import CLASS_NAMES, RoiSegmentationHead
 
@@ -317,25 +318,20 @@ def _rename_input(model: Any, old: str, new: str) -> None:
                 node.input[k] = new
 
 
-def _embed_preprocessing(model: Any, source: Any, preprocessing: Mapping[str, Any]) -> None:
+def _embed_preprocessing(model: Any, source: Any, preprocessing: Preprocessing) -> None:
     """Replace ``model``'s image input ``source`` by ``image`` (float 0..255) and compute ``source``
     from it in the graph: ``(image * scale - mean) / std`` per channel, cast to the input's type."""
     import onnx
     from onnx import helper, numpy_helper
 
-    scale = float(preprocessing.get("scale", 1.0))
-    mean = np.broadcast_to(np.asarray(preprocessing.get("mean", 0.0), np.float32), (3,)).reshape(1, 3, 1, 1)
-    std = np.broadcast_to(np.asarray(preprocessing.get("std", 1.0), np.float32), (3,)).reshape(1, 3, 1, 1)
-    if not np.all(std != 0):
-        raise ValueError(f"preprocessing std must be non-zero, got {preprocessing.get('std')}")
     if any(n.name == MERGED_IMAGE_INPUT for n in model.graph.input):
         raise ValueError(f"the backbone already has an input named {MERGED_IMAGE_INPUT!r}")
     dims = [d.dim_param or d.dim_value for d in source.type.tensor_type.shape.dim]
     elem_type = source.type.tensor_type.elem_type
     model.graph.initializer.extend([
-        numpy_helper.from_array(np.asarray(scale, np.float32), "edgeseg_prep_scale"),
-        numpy_helper.from_array(np.ascontiguousarray(mean), "edgeseg_prep_mean"),
-        numpy_helper.from_array(np.ascontiguousarray(std), "edgeseg_prep_std"),
+        numpy_helper.from_array(np.asarray(preprocessing.scale, np.float32), "edgeseg_prep_scale"),
+        numpy_helper.from_array(np.asarray(preprocessing.mean, np.float32).reshape(1, 3, 1, 1), "edgeseg_prep_mean"),
+        numpy_helper.from_array(np.asarray(preprocessing.std, np.float32).reshape(1, 3, 1, 1), "edgeseg_prep_std"),
     ])  # fmt: skip
     normalised = source.name if elem_type == onnx.TensorProto.FLOAT else "edgeseg_prep_normalised"
     nodes = [
@@ -360,7 +356,7 @@ def merge_backbone_and_head(
     head_onnx: str | Path,
     out_path: str | Path,
     *,
-    preprocessing: Mapping[str, Any] | None = None,
+    preprocessing: Preprocessing | None = None,
     image_scale: float | None = None,
 ) -> Path:
     """One ONNX graph for deployment: image + ``rois`` -> ``masks``.
@@ -368,7 +364,7 @@ def merge_backbone_and_head(
     ``backbone_output_names_by_layer`` maps each head layer id to the backbone output feeding
     ``features_<layer_id>``.
 
-    With ``preprocessing`` (``{"scale", "mean", "std"}``, as the backbone sidecar records it), the
+    With ``preprocessing`` (the backbone's, as its sidecar records it), the
     merged graph takes ``image``: float32 [B, 3, S, S] RGB in 0..255, the letterboxed network input,
     and applies ``(image * scale - mean) / std`` itself before the backbone, so a caller needs no
     knowledge of the backbone; an RGB-enhanced head gets the same 0..255 ``image``.

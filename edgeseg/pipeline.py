@@ -321,7 +321,8 @@ def export_checkpoint(
         names = {k: backbone["layers"][k]["output_name"] for k in head.layer_ids}
         from edgeseg.backbone.layer_map import Preprocessing
 
-        prep = backbone.get("preprocessing") or Preprocessing().to_dict()
+        recorded = backbone.get("preprocessing")
+        prep = Preprocessing.from_dict(recorded) if recorded else Preprocessing()
         merged = merge_backbone_and_head(onnx_file, names, report.onnx_path, out / "model_with_backbone.onnx",
                                          preprocessing=prep)  # fmt: skip
     return ExportResult(

@@ -169,7 +169,8 @@ def _check_store_uri(tracking_uri: str) -> None:
         )
 
 
-def _free_port(host: str) -> int:
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` right now (the OS picks it)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
@@ -255,7 +256,7 @@ def serve_ui(
     if workers < 1:
         raise UiError(f"workers must be >= 1, got {workers}")
     if port == 0:
-        port = _free_port(host)
+        port = free_port(host)
     elif not 0 < port < 65536:
         raise UiError(f"port must be in 1..65535 (or 0 for a free one), got {port}")
     _check_port_free(host, port)

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import time
 from pathlib import Path
 
 import pytest
 from search_helpers import outcome_of, start_driver, tiny_overrides
+
+from edgeseg.ui import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -64,12 +65,6 @@ def s3_bucket(monkeypatch):
         yield "s3://edgeseg-searches/team"
     finally:
         server.stop()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])

@@ -6,7 +6,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,6 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 from search_helpers import tiny_overrides
+
+from edgeseg.ui import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -37,12 +38,6 @@ def test_auth_token_sources(tmp_path, monkeypatch):
     assert auth_token() == "from-env"
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     assert auth_token() is None
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture

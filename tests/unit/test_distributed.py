@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from types import SimpleNamespace
 
 import pytest
@@ -14,6 +13,7 @@ import torch.multiprocessing as mp
 
 from edgeseg.engine import World, make_loader
 from edgeseg.metrics import MetricAccumulator
+from edgeseg.ui import free_port
 
 
 class IndexDataset(torch.utils.data.Dataset):
@@ -88,12 +88,6 @@ def _rank_main(rank: int, port: int, out: dict) -> None:
         ).__dict__
     finally:
         dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.mark.timeout(120)

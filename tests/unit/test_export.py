@@ -14,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 import edgeseg
+from edgeseg.backbone.layer_map import Preprocessing
 from edgeseg.config import ModelConfig
 from edgeseg.export import ExportParityError, export_head, merge_backbone_and_head
 from edgeseg.models import build_head, list_components
@@ -209,14 +210,20 @@ def tiny_backbone(path, uint8_input: bool, opset: int = 13) -> None:
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), str(path))
 
 
-@pytest.mark.parametrize("rgb", [False, True])
-def test_merged_backbone_and_head_equals_running_them_separately(tmp_path, rgb):
+def head_and_backbone(tmp_path, rgb: bool, uint8_input: bool):
+    """A two-layer head (RGB-enhanced on l4 when ``rgb``) exported to ONNX, and the tiny backbone."""
     layers = {"l4": LAYERS["l4"], "l8": LAYERS["l8"]}
     cfg = tiny_config("plain", layers=("l4", "l8"), rgb_layers=("l4",) if rgb else ())
-    head = build_head(cfg, layers)
-    head_path = export_head(head, layers, INPUT_SIZE, tmp_path / "head.onnx").onnx_path
+    head_path = export_head(build_head(cfg, layers), layers, INPUT_SIZE, tmp_path / "head.onnx").onnx_path
     backbone_path = tmp_path / "backbone.onnx"
-    tiny_backbone(backbone_path, uint8_input=rgb)  # opset 13: the merge must convert it to the head's 17
+    tiny_backbone(backbone_path, uint8_input=uint8_input)
+    return head_path, backbone_path
+
+
+@pytest.mark.parametrize("rgb", [False, True])
+def test_merged_backbone_and_head_equals_running_them_separately(tmp_path, rgb):
+    # opset 13: the merge must convert it to the head's 17
+    head_path, backbone_path = head_and_backbone(tmp_path, rgb, uint8_input=rgb)
 
     merged_path = merge_backbone_and_head(
         backbone_path, {"l4": "feat_s4", "l8": "feat_s8"}, head_path, tmp_path / "merged.onnx",
@@ -243,13 +250,8 @@ def test_merged_backbone_and_head_equals_running_them_separately(tmp_path, rgb):
 
 @pytest.mark.parametrize("rgb", [False, True])
 def test_merged_graph_with_embedded_preprocessing_takes_the_0_255_image(tmp_path, rgb):
-    layers = {"l4": LAYERS["l4"], "l8": LAYERS["l8"]}
-    cfg = tiny_config("plain", layers=("l4", "l8"), rgb_layers=("l4",) if rgb else ())
-    head = build_head(cfg, layers)
-    head_path = export_head(head, layers, INPUT_SIZE, tmp_path / "head.onnx").onnx_path
-    backbone_path = tmp_path / "backbone.onnx"
-    tiny_backbone(backbone_path, uint8_input=False)  # takes normalised floats
-    prep = {"scale": 1 / 255, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    head_path, backbone_path = head_and_backbone(tmp_path, rgb, uint8_input=False)  # takes normalised floats
+    prep = Preprocessing(scale=1 / 255, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 
     merged_path = merge_backbone_and_head(
         backbone_path,
@@ -264,9 +266,9 @@ def test_merged_graph_with_embedded_preprocessing_takes_the_0_255_image(tmp_path
 
     rng = np.random.default_rng(2)
     image = rng.integers(0, 256, (2, 3, 64, 64)).astype(np.float32)
-    mean = np.asarray(prep["mean"], np.float32).reshape(1, 3, 1, 1)
-    std = np.asarray(prep["std"], np.float32).reshape(1, 3, 1, 1)
-    normalised = ((image * np.float32(prep["scale"]) - mean) / std).astype(np.float32)
+    mean = np.asarray(prep.mean, np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(prep.std, np.float32).reshape(1, 3, 1, 1)
+    normalised = ((image * np.float32(prep.scale) - mean) / std).astype(np.float32)
     rois = ROIS[ROIS[:, 0] < 2]
     feat_s4, feat_s8 = session(backbone_path).run(["feat_s4", "feat_s8"], {"images": normalised})
     separate_feed = {"features_l4": feat_s4, "features_l8": feat_s8, "rois": rois}
