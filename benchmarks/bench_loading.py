@@ -1,7 +1,7 @@
 """Data loading per epoch with and without the feature cache (prints JSON).
 
 One epoch = every training image through the DataLoader plus its backbone features, exactly as
-``engine.train_one_epoch`` reads them, but without the head. "cache" reads the fp16 memory maps;
+``train_one_epoch`` reads them, but without the head. "cache" reads the fp16 memory maps;
 "on the fly" runs the ONNX backbone per batch. Usage: python benchmarks/bench_loading.py [--input-size 640]
 """
 
@@ -17,6 +17,9 @@ import time
 import onnxruntime as ort
 import torch
 
+from edgeseg.engine.loop import make_loader
+from edgeseg.engine.prepare import make_extractor, prepare
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
@@ -27,7 +30,6 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("EDGESEG_HOME", tempfile.mkdtemp(prefix="edgeseg-bench-"))
 
-    from edgeseg import engine, pipeline
     from edgeseg.backbone.cache import OnTheFlyFeatures
     from edgeseg.config import load_config
 
@@ -37,19 +39,19 @@ def main() -> None:
                    "data.synth_val_images": 8, "backbone.threads": 2},
     )  # fmt: skip
     began = time.perf_counter()
-    prepared = pipeline.prepare(config, log=lambda _: None)
+    prepared = prepare(config, log=lambda _: None)
     prepare_s = time.perf_counter() - began
 
     def one_epoch(features) -> float:
         start = time.perf_counter()
-        loader = engine.make_loader(prepared.train, args.batch_size, shuffle=True, seed=0, epoch=1, workers=0)
+        loader = make_loader(prepared.train, args.batch_size, shuffle=True, seed=0, epoch=1, workers=0)
         for batch in loader:
             feats = features.features(batch.indices.tolist(), batch.images)
             assert all(torch.isfinite(t).all() for t in feats.values())
         return time.perf_counter() - start
 
     cached = prepared.train_features
-    extractor = pipeline.make_extractor(config, prepared.spec, prepared.model.layers)
+    extractor = make_extractor(config, prepared.spec, prepared.model.layers)
     result = {
         "machine": {"cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(), "gpu": "none",
                     "load_average_1min": os.getloadavg()[0], "onnxruntime": ort.__version__},

@@ -32,6 +32,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from edgeseg.engine.checkpoint import head_from_checkpoint, infos_from_dict, load_checkpoint
+from edgeseg.engine.fit import fit
+from edgeseg.engine.loop import evaluate, loss_spec, make_loader, seed_everything
+from edgeseg.engine.prepare import prepare
+from edgeseg.models import build_head
+
 DEFAULT_VIDEO = Path.home() / ".cache" / "edgeseg" / "video" / "vtest.avi"
 METRICS = ("val/miou", "val/miou_per_roi", "val/iou_target", "val/iou_other", "val/loss", "train/loss")
 
@@ -209,27 +215,26 @@ def complexity(
 
 
 def trained_head(result: Any) -> tuple[Any, Any, dict[str, Any]]:
-    from edgeseg import engine
 
-    state = engine.load_checkpoint(result.last_checkpoint)
-    head, config, _ = engine.head_from_checkpoint(state)
-    return head, config, engine.infos_from_dict(state["layer_infos"])
+    state = load_checkpoint(result.last_checkpoint)
+    head, config, _ = head_from_checkpoint(state)
+    return head, config, infos_from_dict(state["layer_infos"])
 
 
 def latency_only(preset: str, args: argparse.Namespace) -> dict[str, Any]:
     """Complexity and latency of the preset's head as initialised (latency does not depend on training)."""
     import torch
 
-    from edgeseg import engine, paths, pipeline
+    from edgeseg import paths
     from edgeseg.config import load_config
 
     config = load_config(
         preset, overrides={**budget_overrides(preset, args), **data_overrides("synth", args, None)}
     )
     torch.set_num_threads(args.threads)
-    prepared = pipeline.prepare(config, log=log, build_features=False)
-    engine.seed_everything(config.train.seed)
-    head = pipeline.build_head(prepared.model, prepared.layer_infos)
+    prepared = prepare(config, log=log, build_features=False)
+    seed_everything(config.train.seed)
+    head = build_head(prepared.model, prepared.layer_infos)
     entry: dict[str, Any] = {
         "preset": preset,
         "flags": short_flags(config),
@@ -248,16 +253,12 @@ def untrained_metrics(config: Any, prepared: Any) -> dict[str, float]:
     """Val metrics of the head as ``fit`` initialises it (same seed): what the budget starts from."""
     import torch
 
-    from edgeseg import engine, pipeline
-
-    engine.seed_everything(config.train.seed)
-    head = pipeline.build_head(prepared.model, prepared.layer_infos)
-    loader = engine.make_loader(
-        prepared.val, config.train.batch_size, shuffle=False, seed=0, epoch=0, workers=0
-    )
+    seed_everything(config.train.seed)
+    head = build_head(prepared.model, prepared.layer_infos)
+    loader = make_loader(prepared.val, config.train.batch_size, shuffle=False, seed=0, epoch=0, workers=0)
     weights = torch.tensor(prepared.class_weights) if prepared.class_weights else None
-    spec = engine.loss_spec(config)
-    return engine.evaluate(head, loader, prepared.val_features, spec, weights, torch.device("cpu"))
+    spec = loss_spec(config)
+    return evaluate(head, loader, prepared.val_features, spec, weights, torch.device("cpu"))
 
 
 def train_one(
@@ -265,17 +266,17 @@ def train_one(
 ) -> tuple[Any, Any, dict[str, float]]:
     import torch
 
-    from edgeseg import engine, paths, pipeline
+    from edgeseg import paths
     from edgeseg.config import load_config
 
     config = load_config(
         preset, overrides={**budget_overrides(preset, args), **data_overrides(data, args, video_root)}
     )
     torch.set_num_threads(args.threads)
-    prepared = pipeline.prepare(config, log=log)
+    prepared = prepare(config, log=log)
     before = untrained_metrics(config, prepared)
     run_dir = paths.subdir("bench-presets", data, preset)
-    result = engine.fit(config, run_dir=run_dir, prepared=prepared, log=log, keep_checkpoints=1)
+    result = fit(config, run_dir=run_dir, prepared=prepared, log=log, keep_checkpoints=1)
     return config, result, before
 
 

@@ -22,6 +22,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from edgeseg.models.head import RoiSegmentationHead
+
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameter elements (all of them, or only those with ``requires_grad``)."""
@@ -155,7 +157,6 @@ def latency_report(
 
     Keys: ``latency_ms/torch/rois_<n>`` and ``latency_ms/onnx/rois_<n>``; one image per call.
     """
-    from edgeseg.export import onnx_feed
 
     report: dict[str, float] = {}
     previous_threads = torch.get_num_threads()
@@ -174,3 +175,19 @@ def latency_report(
     finally:
         torch.set_num_threads(previous_threads)
     return report
+
+
+def onnx_feed(
+    head: RoiSegmentationHead, features: Sequence[Tensor], rois: Tensor, image: Tensor | None = None
+) -> dict[str, np.ndarray]:
+    """The ONNX Runtime input dict for the same inputs a torch ``head(features, rois, image)`` call takes."""
+    feed = {
+        f"features_{layer}": f.detach().cpu().float().numpy()
+        for layer, f in zip(head.layer_ids, features, strict=True)
+    }
+    if head.needs_image:
+        if image is None:
+            raise ValueError("this head needs an image input")
+        feed["image"] = image.detach().cpu().float().numpy()
+    feed["rois"] = rois.detach().cpu().float().numpy()
+    return feed

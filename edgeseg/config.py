@@ -21,8 +21,17 @@ from typing import Any
 
 import yaml
 
-FUSIONS = ("adaptive", "concat", "sum", "fpn")
-DECODERS = ("plain", "hierarchical", "class_specific")
+# The classes every head predicts per ROI pixel; the metric is mIoU over the two person classes.
+CLASS_NAMES = ("background", "target", "other")
+NUM_CLASSES = len(CLASS_NAMES)
+# The config's vocabulary of components; ``models/registry.py`` accepts registrations of these names only.
+FUSION_NAMES = ("adaptive", "concat", "sum", "fpn")
+DECODER_NAMES = ("plain", "hierarchical", "class_specific")
+# The ablation axes of a config: MLflow tags of every trial and the report's factor columns.
+FEATURE_FLAGS = (
+    "multiscale", "layers", "fusion", "variable_roi", "roi_sizes", "rgb", "decoder", "cascade",
+    "distance_aware", "focal", "class_weights", "mask_size",
+)  # fmt: skip
 CLASS_WEIGHTS = ("none", "log")
 SCHEDULES = ("constant", "linear", "cosine")
 PROVIDERS = ("cpu", "cuda", "tensorrt")
@@ -144,7 +153,7 @@ class ExperimentConfig:
     def feature_flags(self) -> dict[str, str]:
         """The ablation axes of this config, as short strings (MLflow tags, report columns)."""
         m, loss = self.model, self.loss
-        return {
+        flags = {
             "multiscale": str(len(m.layers) > 1).lower(),
             "layers": ",".join(m.layers),
             "fusion": m.fusion if len(m.layers) > 1 else "none",
@@ -158,6 +167,8 @@ class ExperimentConfig:
             "class_weights": loss.class_weights,
             "mask_size": str(m.mask_size),
         }
+        assert tuple(flags) == FEATURE_FLAGS, "feature_flags() and FEATURE_FLAGS must list the same axes"
+        return flags
 
 
 SECTIONS: dict[str, type] = {
@@ -460,8 +471,8 @@ def validate(config: ExperimentConfig) -> None:
     _check(b.threads >= 0, "backbone.threads", "must be >= 0")
     _check(len(m.layers) >= 1, "model.layers", "needs at least one layer")
     _check(len(set(m.layers)) == len(m.layers), "model.layers", f"has duplicates: {m.layers}")
-    _check(m.fusion in FUSIONS, "model.fusion", f"{m.fusion!r} is not one of {FUSIONS}")
-    _check(m.decoder in DECODERS, "model.decoder", f"{m.decoder!r} is not one of {DECODERS}")
+    _check(m.fusion in FUSION_NAMES, "model.fusion", f"{m.fusion!r} is not one of {FUSION_NAMES}")
+    _check(m.decoder in DECODER_NAMES, "model.decoder", f"{m.decoder!r} is not one of {DECODER_NAMES}")
     _check(m.roi_size >= 4, "model.roi_size", "must be >= 4")
     _check(not m.roi_sizes or len(m.roi_sizes) == len(m.layers), "model.roi_sizes",
            f"has {len(m.roi_sizes)} sizes for {len(m.layers)} layers {m.layers}")  # fmt: skip

@@ -24,13 +24,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
+from onnx import compose, helper
 from torch import Tensor, nn
 
 import edgeseg
 from edgeseg.backbone.layer_map import Preprocessing
-from edgeseg.complexity import example_inputs, feature_shape
-from edgeseg.models.head import CLASS_NAMES, RoiSegmentationHead
+from edgeseg.complexity import (
+    count_parameters,
+    example_inputs,
+    feature_shape,
+    flops_report,
+    latency_report,
+    onnx_feed,
+)
+from edgeseg.config import CLASS_NAMES
+from edgeseg.engine.checkpoint import head_from_checkpoint, infos_from_dict, load_checkpoint
+from edgeseg.models.head import RoiSegmentationHead
 
 OPSET = 17
 SIDECAR_FORMAT = "edgeseg-head-onnx/1"
@@ -62,22 +73,6 @@ def input_names(head: RoiSegmentationHead) -> list[str]:
     if head.needs_image:
         names.append("image")
     return [*names, "rois"]
-
-
-def onnx_feed(
-    head: RoiSegmentationHead, features: Sequence[Tensor], rois: Tensor, image: Tensor | None = None
-) -> dict[str, np.ndarray]:
-    """The ONNX Runtime input dict for the same inputs a torch ``head(features, rois, image)`` call takes."""
-    feed = {
-        f"features_{layer}": f.detach().cpu().float().numpy()
-        for layer, f in zip(head.layer_ids, features, strict=True)
-    }
-    if head.needs_image:
-        if image is None:
-            raise ValueError("this head needs an image input")
-        feed["image"] = image.detach().cpu().float().numpy()
-    feed["rois"] = rois.detach().cpu().float().numpy()
-    return feed
 
 
 class _GraphInterface(nn.Module):
@@ -183,6 +178,29 @@ def export_head(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     names = input_names(head)
 
+    _trace_to_onnx(head, layer_infos, input_size, out_path, names, opset)
+
+    max_diff, num_rois = parity_check(head, out_path, layer_infos, input_size)
+    if not max_diff <= tolerance:
+        raise ExportParityError(
+            f"{out_path}: ONNX Runtime differs from torch by {max_diff:.3g} > tolerance {tolerance:.3g}"
+        )
+
+    sidecar_path = out_path.with_suffix(".json")
+    sidecar = _sidecar(head, layer_infos, input_size, out_path, opset, config_dict, metrics, extra)
+    sidecar["parity"] = {"max_abs_diff": max_diff, "tolerance": tolerance, "num_rois": num_rois,
+                         "runtime": "onnxruntime"}  # fmt: skip
+    sidecar_path.write_text(json.dumps(to_jsonable(sidecar), indent=2, sort_keys=False))
+    return ExportReport(
+        out_path, sidecar_path, tuple(names), ("masks",), max_diff, tolerance, num_rois, opset
+    )
+
+
+def _trace_to_onnx(
+    head: RoiSegmentationHead, layer_infos: Mapping[str, Any], input_size: int, out_path: Path,
+    names: list[str], opset: int,
+) -> None:  # fmt: skip
+    """Trace the head in eval mode on example inputs; batch and ROI count stay dynamic."""
     features, _, image = example_inputs(head, layer_infos, input_size, num_rois=3, batch_size=2, seed=1)
     trace_args = (*features, *([image] if image is not None else []), _parity_rois(input_size, 2)[:3])
     dynamic_axes: dict[str, dict[int, str]] = {name: {0: "batch"} for name in names[:-1]}
@@ -209,14 +227,13 @@ def export_head(
     finally:
         head.train(was_training)
 
-    max_diff, num_rois = parity_check(head, out_path, layer_infos, input_size)
-    if not max_diff <= tolerance:
-        raise ExportParityError(
-            f"{out_path}: ONNX Runtime differs from torch by {max_diff:.3g} > tolerance {tolerance:.3g}"
-        )
 
-    sidecar_path = out_path.with_suffix(".json")
-    sidecar = {
+def _sidecar(
+    head: RoiSegmentationHead, layer_infos: Mapping[str, Any], input_size: int, out_path: Path, opset: int,
+    config_dict: Mapping[str, Any] | None, metrics: Mapping[str, Any] | None, extra: Mapping[str, Any] | None,
+) -> dict[str, Any]:  # fmt: skip
+    """What a deployer needs besides the graph: inputs, layers, classes, sizes, config, metrics."""
+    return {
         "format": SIDECAR_FORMAT,
         "edgeseg_version": edgeseg.__version__,
         "onnx_file": out_path.name,
@@ -237,18 +254,8 @@ def export_head(
         "roi_size": head.roi_size,
         "config": dict(config_dict or {}),
         "metrics": dict(metrics or {}),
-        "parity": {
-            "max_abs_diff": max_diff,
-            "tolerance": tolerance,
-            "num_rois": num_rois,
-            "runtime": "onnxruntime",
-        },
         **dict(extra or {}),
     }
-    sidecar_path.write_text(json.dumps(_jsonable(sidecar), indent=2, sort_keys=False))
-    return ExportReport(
-        out_path, sidecar_path, tuple(names), ("masks",), max_diff, tolerance, num_rois, opset
-    )
 
 
 def _input_entries(
@@ -271,11 +278,12 @@ def _input_entries(
     return entries
 
 
-def _jsonable(value: Any) -> Any:
+def to_jsonable(value: Any) -> Any:
+    """Mappings, sequences, numpy scalars and paths as plain JSON values."""
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): to_jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
+        return [to_jsonable(v) for v in value]
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, Path):
@@ -350,6 +358,43 @@ def _embed_preprocessing(model: Any, source: Any, preprocessing: Preprocessing) 
     )
 
 
+def _check_mergeable(
+    backbone: Any, head: Any, backbone_onnx: str | Path, head_onnx: str | Path, layers: Mapping[str, str]
+) -> None:
+    """The head's feature inputs are the layers given, which the backbone outputs; no name collides."""
+    head_inputs = [i.name for i in head.graph.input]
+    feature_inputs = [name for name in head_inputs if name.startswith("features_")]
+    wanted = {f"features_{layer}" for layer in layers}
+    if set(feature_inputs) != wanted:
+        raise ValueError(
+            f"{head_onnx}: head feature inputs {feature_inputs} != layers given {sorted(layers)}"
+        )
+    backbone_outputs = {o.name for o in backbone.graph.output}
+    unknown = {n for n in layers.values() if n not in backbone_outputs}
+    if unknown:
+        raise ValueError(
+            f"{backbone_onnx}: has no outputs {sorted(unknown)} (outputs: {sorted(backbone_outputs)})"
+        )
+    initializers = {i.name for i in backbone.graph.initializer}
+    backbone_inputs = [i for i in backbone.graph.input if i.name not in initializers]
+    if {i.name for i in backbone_inputs} & {"rois", "masks"}:
+        raise ValueError(f"{backbone_onnx}: input names 'rois'/'masks' collide with the head's")
+
+
+def _expose_image(backbone: Any, source: str, image_scale: float) -> None:
+    """Add ``backbone/image_0_255`` (the backbone's input as float, times ``image_scale``) as an output."""
+    # Expose the image as a backbone output, computed from the backbone's own input.
+    backbone.graph.node.extend([
+        helper.make_node("Cast", [source], ["backbone/image_float"], to=onnx.TensorProto.FLOAT),
+        helper.make_node("Constant", [], ["backbone/image_scale"],
+                         value=helper.make_tensor("scale", onnx.TensorProto.FLOAT, [], [float(image_scale)])),
+        helper.make_node("Mul", ["backbone/image_float", "backbone/image_scale"], ["backbone/image_0_255"]),
+    ])  # fmt: skip
+    backbone.graph.output.append(
+        helper.make_tensor_value_info("backbone/image_0_255", onnx.TensorProto.FLOAT, None)
+    )
+
+
 def merge_backbone_and_head(
     backbone_onnx: str | Path,
     backbone_output_names_by_layer: Mapping[str, str],
@@ -373,29 +418,12 @@ def merge_backbone_and_head(
     an RGB-enhanced head then gets ``float(input) * image_scale`` (e.g. 255 for a backbone that takes
     0..1 floats, 1 for one that takes uint8 or 0..255 floats), and ``image_scale`` is required.
     """
-    import onnx
-    from onnx import compose, helper
-
     backbone = onnx.load(str(backbone_onnx))
     head = onnx.load(str(head_onnx))
     head_inputs = [i.name for i in head.graph.input]
-    feature_inputs = [name for name in head_inputs if name.startswith("features_")]
-    wanted = {f"features_{layer}" for layer in backbone_output_names_by_layer}
-    if set(feature_inputs) != wanted:
-        raise ValueError(
-            f"{head_onnx}: head feature inputs {feature_inputs} != layers given {sorted(backbone_output_names_by_layer)}"
-        )
-    backbone_outputs = {o.name for o in backbone.graph.output}
-    unknown = {n for n in backbone_output_names_by_layer.values() if n not in backbone_outputs}
-    if unknown:
-        raise ValueError(
-            f"{backbone_onnx}: has no outputs {sorted(unknown)} (outputs: {sorted(backbone_outputs)})"
-        )
+    _check_mergeable(backbone, head, backbone_onnx, head_onnx, backbone_output_names_by_layer)
     initializers = {i.name for i in backbone.graph.initializer}
     backbone_inputs = [i for i in backbone.graph.input if i.name not in initializers]
-    if {i.name for i in backbone_inputs} & {"rois", "masks"}:
-        raise ValueError(f"{backbone_onnx}: input names 'rois'/'masks' collide with the head's")
-
     backbone, head = _align_versions(backbone, head)
     # Prefix internal names so the two graphs cannot collide; graph inputs and outputs keep their names.
     backbone = compose.add_prefix(backbone, "backbone/", rename_inputs=False, rename_outputs=False)
@@ -417,17 +445,7 @@ def merge_backbone_and_head(
             raise ValueError(
                 f"{backbone_onnx}: needs exactly one image input to feed 'image', has {len(backbone_inputs)}"
             )
-        source = backbone_inputs[0].name
-        # Expose the image as a backbone output, computed from the backbone's own input.
-        backbone.graph.node.extend([
-            helper.make_node("Cast", [source], ["backbone/image_float"], to=onnx.TensorProto.FLOAT),
-            helper.make_node("Constant", [], ["backbone/image_scale"],
-                             value=helper.make_tensor("scale", onnx.TensorProto.FLOAT, [], [float(image_scale)])),
-            helper.make_node("Mul", ["backbone/image_float", "backbone/image_scale"], ["backbone/image_0_255"]),
-        ])  # fmt: skip
-        backbone.graph.output.append(
-            helper.make_tensor_value_info("backbone/image_0_255", onnx.TensorProto.FLOAT, None)
-        )
+        _expose_image(backbone, backbone_inputs[0].name, image_scale)
 
     io_map = [(output, f"features_{layer}") for layer, output in backbone_output_names_by_layer.items()]
     if needs_image:
@@ -448,3 +466,109 @@ def merge_backbone_and_head(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(merged, str(out_path))
     return out_path
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    onnx_path: Path
+    sidecar_path: Path
+    max_abs_diff: float
+    latency_ms: dict[str, float]
+    params_count: int
+    gflops: float
+    merged_path: Path | None = None
+
+
+def export_checkpoint(
+    checkpoint: str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    merge_backbone: bool = False,
+    tolerance: float = 1e-3,
+    latency_rois: Sequence[int] = (1, 16),
+) -> ExportResult:
+    """ONNX + sidecar for a checkpoint, parity-checked in ONNX Runtime, with latency and complexity.
+
+    With ``merge_backbone`` it also writes ``model_with_backbone.onnx``: one graph taking ``image``
+    (float32 [B, 3, S, S], letterboxed RGB in 0..255; the backbone's preprocessing is inside the graph)
+    and ``rois``, returning ``masks``, for deployment. Every head merges, RGB-enhanced ones included.
+    """
+
+    state = load_checkpoint(checkpoint)
+    head, config, model_cfg = head_from_checkpoint(state)
+    head.eval()
+    ckpt = Path(checkpoint)
+    out = Path(out_dir) if out_dir else (ckpt if ckpt.is_dir() else ckpt.parent) / "onnx"
+    out.mkdir(parents=True, exist_ok=True)
+    infos = infos_from_dict(state["layer_infos"])
+    ordered = {k: infos[k] for k in head.layer_ids}
+    input_size = config.data.input_size
+    flops = flops_report(head, ordered, input_size)
+    params = count_parameters(head)
+    backbone = state.get("backbone", {})
+    report = export_head(
+        head, ordered, input_size, out / "model.onnx",
+        config_dict=config.to_dict(), metrics=to_jsonable(state.get("metrics", {})),
+        extra={
+            "backbone": to_jsonable(backbone),
+            "preprocessing": to_jsonable(backbone.get("preprocessing", {})),
+            "epoch": int(state["epoch"]),
+            "config_hash": state.get("config_hash", config.hash()),
+            "params_count": params,
+            "gflops_per_roi": flops["gflops_per_roi"],
+            "gflops_per_image": flops["gflops_per_image"],
+        },
+        tolerance=tolerance,
+    )  # fmt: skip
+    latency = latency_report(
+        head, ordered, input_size, onnx_path=report.onnx_path, num_rois=tuple(latency_rois)
+    )
+    merged = None
+    if merge_backbone:
+        onnx_file = backbone.get("onnx_path")
+        if not onnx_file or not Path(onnx_file).exists():
+            raise FileNotFoundError(
+                f"checkpoint {checkpoint}: backbone ONNX {onnx_file!r} is not on this machine"
+            )
+        names = {k: backbone["layers"][k]["output_name"] for k in head.layer_ids}
+
+        recorded = backbone.get("preprocessing")
+        prep = Preprocessing.from_dict(recorded) if recorded else Preprocessing()
+        merged = merge_backbone_and_head(onnx_file, names, report.onnx_path, out / "model_with_backbone.onnx",
+                                         preprocessing=prep)  # fmt: skip
+    return ExportResult(
+        report.onnx_path,
+        report.sidecar_path,
+        report.max_abs_diff,
+        latency,
+        params,
+        flops["gflops_per_roi"],
+        merged,
+    )
+
+
+def verify_onnx(onnx_path: Path, sidecar: Mapping[str, Any]) -> tuple[int, ...]:
+    """Run the model in ONNX Runtime on inputs built from its sidecar; return the output shape."""
+    import numpy as np
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    size = int(sidecar["input_size"])
+    feeds: dict[str, Any] = {}
+    for entry in session.get_inputs():
+        if entry.name == "rois":
+            feeds["rois"] = np.array([[0, 4, 6, size // 2, size - 8], [0, size // 4, 2, size - 3, size // 2]],
+                                     dtype=np.float32)  # fmt: skip
+        else:
+            shape = [1 if not isinstance(d, int) else d for d in entry.shape]
+            feeds[entry.name] = (
+                rng.random(shape, dtype=np.float32) * (255 if entry.name == "image" else 1)
+            ).astype(np.float32)
+    (masks,) = session.run(["masks"], feeds)
+    mask = int(sidecar["mask_size"])
+    if tuple(masks.shape) != (2, 3, mask, mask) or not np.isfinite(masks).all():
+        raise RuntimeError(
+            f"{onnx_path}: ONNX Runtime gave masks {masks.shape}, expected (2, 3, {mask}, {mask})"
+        )
+    return tuple(masks.shape)

@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-NUM_CLASSES = 3
-SCHEDULES = ("constant", "linear", "cosine")
+from edgeseg.config import NUM_CLASSES, SCHEDULES
+
 _WEIGHT_FLOOR = 1e-12  # denominators of weighted means; a zero total weight gives a zero loss, not NaN
 
 
@@ -437,6 +437,15 @@ def compute_loss(
     cascade (each stage's base loss); ``bg_fg``, ``target_other``, ``final``, ``consistency`` for the
     hierarchical decoder; ``boundary_weight_mean`` (mean distance-aware pixel weight) when on.
     """
+    _check_outputs(outputs, cfg)
+    if cfg.hierarchical:
+        components = _hierarchical_components(outputs, targets, cfg, class_weights)
+    else:
+        components = _flat_components(outputs, targets, cfg, class_weights, progress)
+    return components["loss"], {key: float(value.detach()) for key, value in components.items()}
+
+
+def _check_outputs(outputs: Mapping[str, Tensor], cfg: LossSpec) -> None:
     if "logits" not in outputs:
         raise KeyError(f"head outputs need 'logits'; got keys {sorted(outputs)}")
     has_hierarchy = "bg_fg_logits" in outputs or "target_other_logits" in outputs
@@ -452,48 +461,54 @@ def compute_loss(
     if cfg.adaptive and not cfg.distance_aware:
         raise ValueError("LossSpec.adaptive anneals the distance-aware weights; set distance_aware=True")
 
+
+def _hierarchical_components(
+    outputs: Mapping[str, Tensor], targets: Tensor, cfg: LossSpec, class_weights: Tensor | None
+) -> dict[str, Tensor]:
+    parts = hierarchical_loss(
+        outputs, targets, class_weights, cfg.bg_fg_weight, cfg.target_other_weight, cfg.final_weight,
+        cfg.consistency_weight,
+    )  # fmt: skip
+    ce = parts.pop("loss")
+    dice = dice_loss(outputs["logits"], targets)
+    return {**parts, "ce": ce, "dice": dice, "loss": cfg.ce_weight * ce + cfg.dice_weight * dice}
+
+
+def _flat_components(
+    outputs: Mapping[str, Tensor], targets: Tensor, cfg: LossSpec, class_weights: Tensor | None,
+    progress: float,
+) -> dict[str, Tensor]:  # fmt: skip
+    """CE-or-focal + Dice on the logits, or on every cascade stage, stage-weighted."""
     components: dict[str, Tensor] = {}
-    if cfg.hierarchical:
-        parts = hierarchical_loss(
-            outputs, targets, class_weights, cfg.bg_fg_weight, cfg.target_other_weight, cfg.final_weight,
-            cfg.consistency_weight,
+    pixel_weights = None
+    if cfg.distance_aware:
+        pixel_weights = distance_aware_weights(
+            targets, cfg.boundary_width, cfg.boundary_weight, cfg.instance_sep_distance,
+            cfg.instance_sep_weight, progress, cfg.adaptive_schedule if cfg.adaptive else "constant",
+            cfg.adaptive_final,
         )  # fmt: skip
-        ce = parts.pop("loss")
-        dice = dice_loss(outputs["logits"], targets)
-        components.update(parts)
-        loss = cfg.ce_weight * ce + cfg.dice_weight * dice
-        components.update(ce=ce, dice=dice)
-    else:
-        pixel_weights = None
-        if cfg.distance_aware:
-            pixel_weights = distance_aware_weights(
-                targets, cfg.boundary_width, cfg.boundary_weight, cfg.instance_sep_distance,
-                cfg.instance_sep_weight, progress, cfg.adaptive_schedule if cfg.adaptive else "constant",
-                cfg.adaptive_final,
-            )  # fmt: skip
-            components["boundary_weight_mean"] = pixel_weights.mean()
-        seen: list[tuple[Tensor, Tensor]] = []  # (ce-or-focal, dice) of each call of the base loss
+        components["boundary_weight_mean"] = pixel_weights.mean()
+    seen: list[tuple[Tensor, Tensor]] = []  # (ce-or-focal, dice) of each call of the base loss
 
-        def base(logits: Tensor, labels: Tensor) -> Tensor:
-            if cfg.focal:
-                pixel = focal_loss(logits, labels, cfg.focal_gamma, class_weights, pixel_weights)
-            else:
-                pixel = weighted_cross_entropy(logits, labels, class_weights, pixel_weights)
-            dice = dice_loss(logits, labels)
-            seen.append((pixel, dice))
-            return cfg.ce_weight * pixel + cfg.dice_weight * dice
-
-        if "stages" in outputs:
-            weights = cfg.cascade_stage_weights
-            loss, stage_parts = cascade_loss(outputs["stages"], targets, weights, base)
-            components.update(stage_parts)
-            ce = _weighted_sum(weights, [pixel for pixel, _ in seen])
-            dice = _weighted_sum(weights, [dice for _, dice in seen])
-        else:
-            loss = base(outputs["logits"], targets)
-            ce, dice = seen[0]
-        components.update(ce=ce, dice=dice)
+    def base(logits: Tensor, labels: Tensor) -> Tensor:
         if cfg.focal:
-            components["focal"] = ce
-    components["loss"] = loss
-    return loss, {key: float(value.detach()) for key, value in components.items()}
+            pixel = focal_loss(logits, labels, cfg.focal_gamma, class_weights, pixel_weights)
+        else:
+            pixel = weighted_cross_entropy(logits, labels, class_weights, pixel_weights)
+        dice = dice_loss(logits, labels)
+        seen.append((pixel, dice))
+        return cfg.ce_weight * pixel + cfg.dice_weight * dice
+
+    if "stages" in outputs:
+        weights = cfg.cascade_stage_weights
+        loss, stage_parts = cascade_loss(outputs["stages"], targets, weights, base)
+        components.update(stage_parts)
+        ce = _weighted_sum(weights, [pixel for pixel, _ in seen])
+        dice = _weighted_sum(weights, [dice for _, dice in seen])
+    else:
+        loss = base(outputs["logits"], targets)
+        ce, dice = seen[0]
+    components.update(ce=ce, dice=dice, loss=loss)
+    if cfg.focal:
+        components["focal"] = ce
+    return components

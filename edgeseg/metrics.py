@@ -23,7 +23,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from edgeseg.losses import NUM_CLASSES, distance_to_mask, label_boundaries
+from edgeseg.config import NUM_CLASSES
+from edgeseg.losses import distance_to_mask, label_boundaries
 
 FOREGROUND = (1, 2)
 EMPTY_RULES = ("one", "nan")

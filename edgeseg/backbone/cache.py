@@ -30,7 +30,7 @@ import torch
 
 from edgeseg import paths
 from edgeseg.backbone.extractor import LayerInfo
-from edgeseg.backbone.prepare import file_lock
+from edgeseg.files import file_lock
 
 GIB = 1024**3
 CACHE_FORMAT = 1

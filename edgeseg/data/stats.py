@@ -7,6 +7,8 @@ With the original's COCO ratios (0.48647, 0.36598, 0.14756) this gives [0.5942, 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,8 +16,25 @@ from typing import Any
 
 import numpy as np
 
-NUM_CLASSES = 3
-CLASS_NAMES = ("background", "target", "other")
+from edgeseg.config import CLASS_NAMES, NUM_CLASSES
+from edgeseg.data.dataset import PersonRoiDataset
+
+# Bump when pixel_statistics changes what it counts, so cached statistics are recomputed.
+STATISTICS_VERSION = 1
+
+
+def statistics_key(dataset: Any) -> str:
+    """Cache key of ``pixel_statistics(dataset)``: a hash of ``dataset.target_key()`` (every setting that
+    changes the targets or which ROIs exist), the number of images counted and ``STATISTICS_VERSION``.
+
+    The image count matters for wrappers that keep the first n images of a data set and pass
+    ``target_key`` through (``len`` is all that differs), since statistics cover ``range(len(dataset))``.
+    """
+    target_key = getattr(dataset, "target_key", None)
+    if target_key is None:
+        raise TypeError(f"statistics_key needs a data set with target_key() (got {type(dataset).__name__})")
+    payload = {"targets": target_key(), "images": len(dataset), "statistics_version": STATISTICS_VERSION}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
 
 def pixel_statistics(dataset: Any) -> dict[str, Any]:
@@ -57,7 +76,6 @@ def log_class_weights(ratios: Sequence[float]) -> list[float]:
 
 def split_statistics(data_dir: str | Path, **dataset_kwargs: Any) -> dict[str, Any]:
     """Pixel statistics and log class weights of ``data_dir/train`` (annotations.json + images/)."""
-    from edgeseg.data.dataset import PersonRoiDataset
 
     train = Path(data_dir) / "train"
     stats = pixel_statistics(PersonRoiDataset(train / "annotations.json", train / "images", **dataset_kwargs))

@@ -52,7 +52,9 @@ def roi_targets(
     """Labels [R,M,M] int64 for ROIs [R,4] over instance masks [K,S,S] (bool, network-input pixels).
 
     ``target_ids[r]`` is the index into ``instance_masks`` of ROI r's person. Target pixels are 1,
-    pixels of any other instance are 2 (the target wins where they overlap), the rest 0.
+    pixels of any other mask are 2 (the target wins where they overlap), the rest 0. Pass every person
+    of the image, not only those with a ROI (people without one — crowd regions, small people — may
+    come as one union mask): a person left out would be painted background.
     """
     masks = np.asarray(instance_masks, dtype=bool)
     if masks.ndim != 3 or masks.shape[1] != masks.shape[2]:

@@ -4,13 +4,14 @@
 ``list_components()`` shows the registered fusions and decoders.
 """
 
+# The component modules register their fusions and decoders on import; import them first.
+from edgeseg.models import decoders, fusion  # noqa: F401  (registration)
 from edgeseg.models.build import build_head, decoder_name, resolved_roi_sizes
-from edgeseg.models.head import CLASS_NAMES, RoiSegmentationHead
-from edgeseg.models.registry import DECODERS, FUSIONS, list_components, variant_flags, variant_summary
+from edgeseg.models.head import RoiSegmentationHead
+from edgeseg.models.registry import DECODERS, FUSIONS, list_components
 from edgeseg.models.roi_align import RoIAlign, roi_align
 
 __all__ = [
-    "CLASS_NAMES",
     "DECODERS",
     "FUSIONS",
     "RoIAlign",
@@ -20,6 +21,4 @@ __all__ = [
     "list_components",
     "resolved_roi_sizes",
     "roi_align",
-    "variant_flags",
-    "variant_summary",
 ]

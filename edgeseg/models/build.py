@@ -15,7 +15,7 @@ from edgeseg.config import ConfigError, ModelConfig
 from edgeseg.models.fusion import SingleLayer
 from edgeseg.models.head import RoiSegmentationHead
 from edgeseg.models.pooling import MultiLayerRoiPooler
-from edgeseg.models.registry import DECODERS, FUSIONS, _load_components
+from edgeseg.models.registry import DECODERS, FUSIONS
 from edgeseg.models.rgb import RgbRoiBranch
 
 
@@ -47,7 +47,6 @@ def resolved_roi_sizes(cfg: ModelConfig) -> tuple[int, ...]:
 
 def decoder_name(cfg: ModelConfig) -> str:
     """The registered decoder a config selects (``cascade=True`` with ``decoder='plain'`` -> ``cascade``)."""
-    _load_components()
     if cfg.decoder == "cascade":
         raise _fail("decoder", "'cascade' is selected with cascade=true and decoder='plain'")
     if cfg.decoder not in DECODERS:
@@ -66,7 +65,6 @@ def build_head(cfg: ModelConfig, layers: Mapping[str, LayerInfoLike]) -> RoiSegm
 
     ``cfg.layers`` must already be layer ids (roles resolved by the caller).
     """
-    _load_components()
     if not cfg.layers:
         raise _fail("layers", "needs at least one layer")
     if len(set(cfg.layers)) != len(cfg.layers):

@@ -23,10 +23,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from edgeseg.config import NUM_CLASSES
 from edgeseg.models.blocks import ConvNormAct, ResidualBlock, Upsample2x, resize_to
 from edgeseg.models.registry import DECODERS
-
-NUM_CLASSES = 3
 
 
 def upsample_steps(roi_size: int, mask_size: int) -> int:

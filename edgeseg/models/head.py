@@ -15,8 +15,6 @@ from torch import Tensor, nn
 from edgeseg.models.pooling import MultiLayerRoiPooler
 from edgeseg.models.rgb import RgbRoiBranch
 
-CLASS_NAMES = ("background", "target", "other")
-
 
 class RoiSegmentationHead(nn.Module):
     """``forward(features, rois, image=None) -> dict``.

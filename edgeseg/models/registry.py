@@ -1,4 +1,4 @@
-"""Registries of head components (fusions, decoders) and a summary of a configured variant.
+"""Registries of head components (fusions, decoders).
 
 Components register under the name a config uses (``@FUSIONS.register("adaptive")``); a duplicate
 name raises, an unknown one raises with the list of known names. Tests parametrize over
@@ -7,11 +7,10 @@ name raises, an unknown one raises with the list of known names. Tests parametri
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, TypeVar
 
-if TYPE_CHECKING:
-    from edgeseg.config import ModelConfig
+from edgeseg.config import DECODER_NAMES, FUSION_NAMES
 
 T = TypeVar("T")
 
@@ -19,12 +18,17 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """Name -> component constructor, for one kind of component."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, allowed: tuple[str, ...] | None = None) -> None:
         self.kind = kind
+        self.allowed = allowed  # the config's vocabulary (``config.FUSION_NAMES``); None: any name
         self._entries: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
         def decorator(component: T) -> T:
+            if self.allowed is not None and name not in self.allowed:
+                raise ValueError(
+                    f"{self.kind} {name!r} is not a config value; add it to {self.allowed} first"
+                )
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is already registered (by {self._entries[name]!r})")
             self._entries[name] = component
@@ -47,52 +51,15 @@ class Registry(Generic[T]):
         return iter(self._entries)
 
 
-FUSIONS: Registry[Callable[..., Any]] = Registry("fusion")
-DECODERS: Registry[Callable[..., Any]] = Registry("decoder")
-
-
-def _load_components() -> None:
-    # The component modules register themselves on import.
-    import edgeseg.models.decoders  # noqa: F401
-    import edgeseg.models.fusion  # noqa: F401
+FUSIONS: Registry[Callable[..., Any]] = Registry("fusion", FUSION_NAMES)
+# "cascade" is the plain decoder's refinement, selected by ``model.cascade`` rather than by name.
+DECODERS: Registry[Callable[..., Any]] = Registry("decoder", (*DECODER_NAMES, "cascade"))
 
 
 def list_components() -> dict[str, list[str]]:
-    """Every registered component name by kind, e.g. {"fusion": [...], "decoder": [...]}."""
-    _load_components()
-    return {"fusion": list(FUSIONS.names()), "decoder": list(DECODERS.names())}
+    """Every registered component name by kind, e.g. {"fusion": [...], "decoder": [...]}.
 
-
-def variant_flags(cfg: ModelConfig) -> dict[str, Any]:
-    """The feature flags a model config turns on, under the names the ablation tables use."""
-    roi_sizes = tuple(cfg.roi_sizes) or (cfg.roi_size,) * len(cfg.layers)
-    multiscale = len(cfg.layers) > 1
-    return {
-        "multiscale": multiscale,
-        "fusion": cfg.fusion if multiscale else "none",
-        "variable_roi": any(size != cfg.roi_size for size in roi_sizes),
-        "rgb": bool(cfg.rgb_layers),
-        "cascade": bool(cfg.cascade),
-        "decoder": cfg.decoder,
-        "num_layers": len(cfg.layers),
-    }
-
-
-def variant_summary(
-    cfg: ModelConfig, layer_infos: Mapping[str, Any], input_size: int | None = None
-) -> dict[str, Any]:
-    """Parameter count and feature flags of the head ``cfg`` builds on these layers.
-
-    With ``input_size`` (the network input side in pixels) it also counts FLOPs: ``gflops_per_roi``
-    and ``gflops_per_image`` (see :func:`edgeseg.complexity.flops_report`).
+    The component modules register themselves when ``edgeseg.models`` is imported (its ``__init__``
+    imports them), as timm's registry does, so this module imports none of them.
     """
-    from edgeseg.complexity import count_parameters, flops_report
-    from edgeseg.models.build import build_head
-
-    head = build_head(cfg, layer_infos)
-    summary: dict[str, Any] = {"params": count_parameters(head), "flags": variant_flags(cfg)}
-    if input_size is not None:
-        flops = flops_report(head, layer_infos, input_size)
-        summary["gflops_per_roi"] = flops["gflops_per_roi"]
-        summary["gflops_per_image"] = flops["gflops_per_image"]
-    return summary
+    return {"fusion": list(FUSIONS.names()), "decoder": list(DECODERS.names())}

@@ -1,144 +1,248 @@
-"""Which feature flag moves mIoU, by how much, at what cost: ablation tables from MLflow runs.
+"""Which feature is worth its cost, with what confidence: a search's MLflow runs as an ablation report.
 
-A trial's score is its best value of the search metric over the epochs it ran (``tags.best_value``,
-written by the search service); pruned trials ran fewer epochs, so their scores are truncated and
-are left out of the effects unless asked for. Repeats of one configuration (different seeds) give
-the spread reported as ``std``.
+The search service tags every trial run with its feature flags, state and best value of the search
+metric (``search/names.py``); this module reads them back into one row per trial, hands the table to
+``report/effects.py`` (main effects and interactions with intervals, verdicts, variance shares, Pareto)
+and renders the result as Markdown, CSV files and a self-contained HTML page. ``publish`` logs the
+HTML and CSVs to the search's parent run and puts the headline in its description, so the MLflow UI
+shows the same answer.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import tempfile
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-# The ablation axes, as tagged on every trial run (``ExperimentConfig.feature_flags``).
-FLAG_COLUMNS = (
-    "multiscale", "layers", "fusion", "variable_roi", "roi_sizes", "rgb", "decoder", "cascade",
-    "distance_aware", "focal", "class_weights", "mask_size",
-)  # fmt: skip
-COST_COLUMNS = ("gflops", "params_count", "latency_ms")
-FALSE_LIKE = ("false", "none", "plain")
+from edgeseg.config import FEATURE_FLAGS
+from edgeseg.report.analysis import AblationAnalysis, Completeness
+from edgeseg.report.effects import analyse
+from edgeseg.report.html import render_html
+from edgeseg.search import names
+from edgeseg.search.mlflow_runs import client_for, search_runs
+
+REPORT_ARTIFACTS = "report"  # folder of the parent run that holds report.html and the CSVs
+NOTE_TAG = "mlflow.note.content"  # the run description MLflow's UI shows
 
 
 class ReportError(ValueError):
     """The search, experiment or metric asked for does not exist; the message names it."""
 
 
-@dataclass(frozen=True)
-class Ablation:
-    trials: pd.DataFrame
-    effects: pd.DataFrame
-    metric: str
-    include_pruned: bool = False
+def _float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
 
 
-def trial_table(experiment: str, tracking_uri: str, search_id: str | None = None) -> pd.DataFrame:
-    """One row per trial run: state, epochs, feature flags, best metric and costs."""
-    from mlflow.tracking import MlflowClient
+def _trial_row(run: Any, factors: Sequence[str]) -> dict[str, Any]:
+    tags, metrics, params = run.data.tags, run.data.metrics, run.data.params
+    exported = tags.get(names.TAG_ONNX) == "exported"
+    row: dict[str, Any] = {
+        "trial": tags.get(names.TAG_TRIAL_NAME, run.info.run_name),
+        "run_id": run.info.run_id,
+        "state": tags.get(names.TAG_STATE, run.info.status.lower()),
+        "epochs": int(tags.get(names.TAG_LAST_EPOCH, 0) or 0),
+        "seed": _float(params.get("train.seed")),
+        "config": "",  # labelled by its varying factors in effects.analyse
+        "score": _float(tags.get(names.TAG_BEST_VALUE)),
+        "params_count": metrics.get(names.METRIC_PARAMS_COUNT, math.nan),
+        "gflops_per_roi": metrics.get(names.METRIC_GFLOPS, math.nan),
+        "latency_ms": metrics.get(names.METRIC_LATENCY_MS, math.nan),
+        "onnx_uri": f"{run.info.artifact_uri}/{names.ONNX_ARTIFACT}" if exported else "",
+    }
+    row.update({flag: tags.get(flag, "") for flag in factors})
+    return row
 
-    client = MlflowClient(tracking_uri)
+
+def _curves(client: Any, runs: Sequence[Any], metric: str) -> pd.DataFrame:
+    rows = [
+        {"trial": run.data.tags.get(names.TAG_TRIAL_NAME, run.info.run_name), "epoch": point.step,
+         "value": point.value, "run_id": run.info.run_id}
+        for run in runs
+        for point in client.get_metric_history(run.info.run_id, metric)
+    ]  # fmt: skip
+    return pd.DataFrame(rows, columns=["trial", "epoch", "value", "run_id"])
+
+
+def _completeness(parent: Any, trials: pd.DataFrame, expected: int | None) -> Completeness:
+    counts = trials["state"].value_counts()
+    state = parent.data.tags.get(names.TAG_STATE, "unknown") if parent is not None else "unknown"
+    return Completeness(
+        expected=expected, finished=int(counts.get("finished", 0)), pruned=int(counts.get("pruned", 0)),
+        errored=int(counts.get("errored", 0)),
+        running=int(len(trials) - counts.get("finished", 0) - counts.get("pruned", 0) - counts.get("errored", 0)),
+        state=state,
+    )  # fmt: skip
+
+
+def build_report(
+    experiment: str, tracking_uri: str, search_id: str, *, metric: str | None = None, mode: str | None = None,
+    expected: int | None = None, factors: Sequence[str] = FEATURE_FLAGS, rope: float = 0.01,
+) -> AblationAnalysis:  # fmt: skip
+    """The ablation analysis of one search from its MLflow runs.
+
+    ``metric`` and ``mode`` default to the search's own (its parent run's params); a trial's score is
+    its best value of that metric over the epochs it ran. ``expected``: how many trials the spec asks
+    for (the report says when fewer are done).
+    """
+    client = client_for(tracking_uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
         raise ReportError(f"no MLflow experiment {experiment!r} at {tracking_uri}")
-    filters = ["tags.role = 'trial'"] + ([f"tags.search_id = '{search_id}'"] if search_id else [])
-    runs = client.search_runs([found.experiment_id], filter_string=" and ".join(filters), max_results=50_000)
-    rows = []
-    for run in runs:
-        tags, metrics = run.data.tags, run.data.metrics
-        row: dict[str, object] = {
-            "trial": tags.get("trial_name", run.info.run_name),
-            "run_id": run.info.run_id,
-            "state": tags.get("state", run.info.status.lower()),
-            "epochs": int(tags.get("last_epoch", 0) or 0),
-            "repeat": int(tags.get("repeat", 0) or 0),
-            "best": float(tags["best_value"]) if "best_value" in tags else math.nan,
-        }
-        row.update({flag: tags.get(flag, "") for flag in FLAG_COLUMNS})
-        row.update({cost: metrics.get(cost, math.nan) for cost in COST_COLUMNS})
-        rows.append(row)
-    columns = ["trial", "run_id", "state", "epochs", "repeat", "best", *FLAG_COLUMNS, *COST_COLUMNS]
-    return pd.DataFrame(rows, columns=columns).sort_values("best", ascending=False, na_position="last")
-
-
-def _reference(values: list[str]) -> str:
-    for value in values:
-        if value in FALSE_LIKE:
-            return value
-    return sorted(values)[0]
-
-
-def flag_effects(trials: pd.DataFrame, include_pruned: bool = False) -> pd.DataFrame:
-    """For each flag that varies: mean/std/count of the score per value, and its difference from the
-    reference value (off / plain / the first value), with the mean GFLOPs per ROI as the cost."""
-    usable = (
-        trials[trials["state"] == "finished"] if not include_pruned else trials[trials["state"] != "errored"]
+    ids = {names.TAG_SEARCH_ID: search_id}
+    parents = search_runs(client, found.experiment_id, {**ids, names.TAG_ROLE: names.ROLE_SEARCH})
+    runs = search_runs(client, found.experiment_id, {**ids, names.TAG_ROLE: names.ROLE_TRIAL})
+    if not runs:
+        raise ReportError(f"search {search_id!r} in MLflow experiment {experiment!r} has no trial runs")
+    parent = parents[0] if parents else None
+    search_metric = parent.data.params.get("metric", "val/miou") if parent is not None else "val/miou"
+    search_mode = parent.data.params.get("mode", "max") if parent is not None else "max"
+    if metric not in (None, search_metric):
+        raise ReportError(
+            f"search {search_id!r} ranked trials by {search_metric!r}; its runs record the best value of that "
+            f"metric only, so a report by {metric!r} is not available"
+        )
+    trials = pd.DataFrame([_trial_row(run, factors) for run in runs])
+    curves = _curves(
+        client, [r for r in runs if r.data.tags.get(names.TAG_STATE) != "errored"], search_metric
     )
-    usable = usable.dropna(subset=["best"])
-    rows = []
-    for flag in FLAG_COLUMNS:
-        values = sorted(v for v in usable[flag].unique() if v != "")
-        if len(values) < 2:
-            continue
-        reference = _reference(values)
-        ref_mean = usable.loc[usable[flag] == reference, "best"].mean()
-        for value in values:
-            scores = usable.loc[usable[flag] == value, "best"]
-            rows.append(
-                {
-                    "flag": flag,
-                    "value": value,
-                    "trials": int(scores.count()),
-                    "mean": float(scores.mean()),
-                    "std": float(scores.std(ddof=1)) if scores.count() > 1 else math.nan,
-                    "delta": float(scores.mean() - ref_mean),
-                    "reference": reference,
-                    "gflops": float(usable.loc[usable[flag] == value, "gflops"].mean()),
-                }
-            )
-    return pd.DataFrame(
-        rows, columns=["flag", "value", "trials", "mean", "std", "delta", "reference", "gflops"]
+    analysis = analyse(
+        trials, search=search_id, metric=search_metric, mode=mode or search_mode, factors=list(factors),
+        completeness=_completeness(parent, trials, expected), curves=None, rope=rope,
+    )  # fmt: skip
+    # the analysis labels configurations by their varying factors; give the curves the same labels
+    labels = dict(zip(analysis.trials["trial"], analysis.trials["config"], strict=True))
+    curves["config"] = curves["trial"].map(labels).fillna("")
+    curves = curves[["config", "trial", "epoch", "value"]].sort_values(["config", "trial", "epoch"])
+    return replace(analysis, curves=curves.reset_index(drop=True))
+
+
+# ----------------------------------------------------------------------------------------------
+# Outputs
+# ----------------------------------------------------------------------------------------------
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def completeness_line(analysis: AblationAnalysis) -> str:
+    c = analysis.completeness
+    expected = f" of {c.expected}" if c.expected is not None else ""
+    status = "complete" if c.complete else "INCOMPLETE"
+    return (
+        f"{c.done}{expected} trials done ({c.finished} finished, {c.pruned} pruned, {c.errored} errored, "
+        f"{c.running} not ended); search {c.state}: {status}"
     )
 
 
-def ablation(
-    experiment: str, tracking_uri: str, search_id: str | None = None, metric: str = "val/miou",
-    include_pruned: bool = False,
-) -> Ablation:  # fmt: skip
-    trials = trial_table(experiment, tracking_uri, search_id)
-    if trials.empty:
-        raise ReportError(f"MLflow experiment {experiment!r} at {tracking_uri} has no trial runs")
-    return Ablation(trials, flag_effects(trials, include_pruned), metric, include_pruned)
+def effects_markdown(analysis: AblationAnalysis) -> list[str]:
+    """The main-effects table: effect, 95 % CI, verdict, ΔGFLOPs per ROI, Δlatency."""
+    if analysis.effects.empty:
+        return ["No feature varies between the finished trials, so there is no effect to report."]
+    lines = [
+        f"| factor | level vs reference | effect on {analysis.metric} | 95 % CI | verdict | ΔGFLOPs/ROI | Δlatency ms |",
+        "|---|---|---:|---|---|---:|---:|",
+    ]
+    for row in analysis.effects.itertuples(index=False):
+        verdict = row.verdict
+        if verdict == "undecided" and not pd.isna(row.more_seeds):
+            verdict = f"undecided, needs {int(row.more_seeds)} more seeds"
+        lines.append(
+            f"| {row.factor} | {row.level} vs {row.reference} | {_fmt(row.estimate)} | "
+            f"[{_fmt(row.ci_low)}, {_fmt(row.ci_high)}] | {verdict} | {_fmt(row.delta_gflops_per_roi)} | "
+            f"{_fmt(row.delta_latency_ms, 2)} |"
+        )
+    return lines
 
 
-def to_markdown(result: Ablation, top: int = 10) -> str:
-    """A short report: the best trials, then the per-flag effects."""
-    shown = result.trials.head(top)
-    varying = [f for f in FLAG_COLUMNS if result.trials[f].nunique() > 1]
-    columns = ["trial", "state", "epochs", "best", *varying, "gflops"]
-    lines = [f"### Trials (best {result.metric} per trial, top {len(shown)} of {len(result.trials)})", ""]
-    lines += _table(shown[columns])
-    which = (
-        "finished and pruned trials; pruned scores are truncated"
-        if result.include_pruned
-        else "finished trials"
-    )
-    lines += ["", f"### Feature effects on {result.metric} ({which}; delta vs the reference value)", ""]
-    if result.effects.empty:
-        lines.append(f"No flag varies between the {which.split(';')[0]}, so there is no effect to report.")
-    else:
-        lines += _table(result.effects)
+def to_markdown(analysis: AblationAnalysis, top: int = 10) -> str:
+    """The report as Markdown: completeness first, then effects, configurations, interactions, Pareto."""
+    lines = [f"## Ablation report: {analysis.search}", "", completeness_line(analysis), ""]
+    lines += [f"Metric: {analysis.metric} ({analysis.mode}); {analysis.method}", ""]
+    lines += [f"- {note}" for note in analysis.notes] + ([""] if analysis.notes else [])
+    lines += [
+        f"### Main effects (practical equivalence: ±{analysis.rope:g})",
+        "",
+        *effects_markdown(analysis),
+        "",
+    ]
+    configs = analysis.configs.head(top)
+    lines += [f"### Configurations (best {len(configs)} of {len(analysis.configs)}, finished trials)", ""]
+    lines += _table(configs[["config", "n", "mean", "std", "ci_low", "ci_high", "gflops_per_roi", "latency_ms",
+                             "best_trial"]])  # fmt: skip
+    if not analysis.interactions.empty:
+        strongest = analysis.interactions.reindex(
+            analysis.interactions["estimate"].abs().sort_values(ascending=False).index
+        ).head(top)
+        lines += ["", "### Two-way interactions (strongest first)", "", *_table(strongest)]
+    if not analysis.variance.empty:
+        lines += ["", "### Share of variance", "", *_table(analysis.variance)]
+    front = analysis.pareto[analysis.pareto["on_front"]]
+    if not front.empty:
+        lines += ["", "### Pareto front (metric vs cost)", ""]
+        lines += _table(front[["cost", "config", "mean", "cost_value", "best_trial", "onnx_uri"]])
     return "\n".join(lines)
 
 
 def _table(frame: pd.DataFrame) -> list[str]:
-    def cell(value: object) -> str:
-        if isinstance(value, float):
-            return "–" if math.isnan(value) else f"{value:.4f}"
-        return str(value)
-
-    header = "| " + " | ".join(frame.columns) + " |"
+    header = "| " + " | ".join(map(str, frame.columns)) + " |"
     rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    body = ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in frame.itertuples(index=False)]
     return [header, rule, *body]
+
+
+def write_csvs(analysis: AblationAnalysis, directory: str | Path) -> list[Path]:
+    """One CSV per table: trials, configs, effects, interactions, variance, pareto, curves."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in ("trials", "configs", "effects", "interactions", "variance", "pareto", "curves"):
+        path = out / f"{name}.csv"
+        getattr(analysis, name).to_csv(path, index=False)
+        written.append(path)
+    return written
+
+
+def headline(analysis: AblationAnalysis) -> str:
+    """The parent run's description: completeness, the best configuration, the decided effects."""
+    lines = [f"**Ablation report** — {completeness_line(analysis)}", ""]
+    if not analysis.configs.empty:
+        best = analysis.configs.iloc[0]
+        lines.append(
+            f"Best configuration: `{best['config']}` — {analysis.metric} {best['mean']:.4f} "
+            f"(95 % CI [{_fmt(best['ci_low'])}, {_fmt(best['ci_high'])}], n={int(best['n'])}), "
+            f"trial {best['best_trial']}"
+        )
+    lines += ["", *effects_markdown(analysis), "", f"Full report: artifact `{REPORT_ARTIFACTS}/report.html`."]
+    return "\n".join(lines)
+
+
+def publish(analysis: AblationAnalysis, tracking_uri: str, experiment: str) -> str | None:
+    """Log report.html and the CSVs to the search's parent run, with the headline as its description.
+    Returns the parent run id, or None when the search has no parent run."""
+    client = client_for(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    parents = search_runs(client, found.experiment_id,
+                          {names.TAG_SEARCH_ID: analysis.search, names.TAG_ROLE: names.ROLE_SEARCH})  # fmt: skip
+    if not parents:
+        return None
+    run_id = parents[0].info.run_id
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / REPORT_ARTIFACTS
+        render_html(analysis, folder / "report.html")
+        write_csvs(analysis, folder)
+        client.log_artifacts(run_id, str(folder), REPORT_ARTIFACTS)
+    client.set_tag(run_id, NOTE_TAG, headline(analysis))
+    return str(run_id)

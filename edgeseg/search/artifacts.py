@@ -15,7 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeseg.search.spec import SpecError
+from edgeseg.search import control
+from edgeseg.search.mlflow_runs import client_for, search_runs
+from edgeseg.search.names import ROLE_SEARCH, ROLE_TRIAL
+from edgeseg.search.space import expected_trials
+from edgeseg.search.spec import SearchSpec, SpecError
 
 
 class NoQualifyingTrialError(SpecError):
@@ -38,9 +42,6 @@ class FetchedModel:
 
 def locate_search(name: str, storage: str | None, tracking_uri: str | None) -> tuple[str, str, str]:
     """(tracking uri, experiment name, search id) for a search name."""
-    from edgeseg.search import control
-    from edgeseg.search.spec import SearchSpec
-    from edgeseg.search.tracking import ROLE_SEARCH, client_for
 
     try:
         record = control.read_record(name, storage)
@@ -71,6 +72,14 @@ def locate_search(name: str, storage: str | None, tracking_uri: str | None) -> t
     return uri, name, parents[0].data.tags["search_id"]
 
 
+def search_expected_trials(name: str, storage: str | None) -> int | None:
+    """How many trials the search's spec asks for, from its storage record (None when not reachable)."""
+    try:
+        return expected_trials(control.read_record(name, storage).spec)
+    except (control.SearchNotFoundError, OSError):
+        return None
+
+
 def fetch_best(
     name: str,
     metric: str = "val/miou",
@@ -86,8 +95,6 @@ def fetch_best(
 ) -> FetchedModel:
     """Download ``onnx/model.onnx`` (to ``out``) and its sidecar (``out`` with ``.json``) of the best qualifying trial."""
     from mlflow.artifacts import download_artifacts
-
-    from edgeseg.search.tracking import ROLE_TRIAL, client_for, search_runs
 
     mode = mode or ("min" if metric.endswith("loss") else "max")
     if mode not in ("max", "min"):

@@ -13,90 +13,10 @@ the cascade with a hierarchical decoder) are found before any trial starts: they
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from edgeseg.config import ConfigError, ExperimentConfig, apply_overrides, validate
-
-if TYPE_CHECKING:
-    from edgeseg.search.spec import Axis, SearchSpec
-
-
-def axis_keys(axis: Axis) -> list[str]:
-    """The dotted config keys an axis sets."""
-    if axis.is_bundle:
-        return sorted({k for bundle in axis.values for k, _ in bundle})
-    return [axis.name]
-
-
-def _value(axis: Axis, value: Any) -> Any:
-    """A Tune-side value: bundles become plain dicts, tuples become lists (YAML/JSON-friendly)."""
-    if axis.is_bundle:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in value}
-    return list(value) if isinstance(value, tuple) else value
-
-
-def trial_overrides(trial_config: Mapping[str, Any]) -> dict[str, Any]:
-    """A Tune trial config -> flat dotted overrides (bundles merged in)."""
-    out: dict[str, Any] = {}
-    for name, value in (trial_config.get("overrides") or {}).items():
-        if isinstance(value, Mapping):
-            out.update(value)
-        else:
-            out[name] = value
-    return out
-
-
-def axis_labels(trial_config: Mapping[str, Any], spec: SearchSpec) -> dict[str, str]:
-    """A short label per axis for tables and tags (bundles are named by their index in the axis)."""
-    labels: dict[str, str] = {}
-    raw = trial_config.get("overrides") or {}
-    for axis in spec.space:
-        if axis.name not in raw:
-            continue
-        value = raw[axis.name]
-        if axis.is_bundle:
-            as_tuple = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in value.items())
-            index = axis.values.index(as_tuple) if as_tuple in axis.values else -1
-            labels[axis.name] = ",".join(f"{k}={_fmt(v)}" for k, v in value.items()) or f"#{index}"
-        else:
-            labels[axis.name] = _fmt(value)
-    return labels
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, list | tuple):
-        return ",".join(map(str, value))
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def grid_variants(
-    spec: SearchSpec, base: ExperimentConfig | None = None
-) -> tuple[list[dict[str, Any]], list[str]]:
-    """The factorial grid as Tune ``overrides`` dicts, and descriptions of the skipped combinations."""
-    base = base or spec.base_config()
-    axes = [axis for axis in spec.space if axis.kind == "grid"]
-    variants: list[dict[str, Any]] = []
-    skipped: list[str] = []
-    for combo in itertools.product(*(axis.values for axis in axes)):
-        entry = {axis.name: _value(axis, value) for axis, value in zip(axes, combo, strict=True)}
-        try:
-            validate(apply_overrides(base, trial_overrides({"overrides": entry}), source="grid"))
-        except ConfigError as exc:
-            label = ", ".join(f"{k}={_fmt(v)}" for k, v in entry.items())
-            if not spec.skip_invalid:
-                raise ConfigError(
-                    f"grid combination {{{label}}} is invalid: {exc} (set skip_invalid: true to drop such cells)"
-                ) from exc
-            skipped.append(f"{{{label}}}: {exc}")
-            continue
-        variants.append(entry)
-    if not variants:
-        raise ConfigError(f"search {spec.name}: every grid combination is invalid: {skipped[:3]}")
-    return variants, skipped
+from edgeseg.config import ConfigError
+from edgeseg.search.spec import SearchSpec, grid_variants, tune_value
 
 
 def param_space(spec: SearchSpec) -> dict[str, Any]:
@@ -111,9 +31,9 @@ def param_space(spec: SearchSpec) -> dict[str, Any]:
         overrides: dict[str, Any] = {}
         for axis in spec.space:
             if axis.kind == "grid":
-                overrides[axis.name] = tune.grid_search([_value(axis, v) for v in axis.values])
+                overrides[axis.name] = tune.grid_search([tune_value(axis, v) for v in axis.values])
             elif axis.kind == "choice":
-                overrides[axis.name] = tune.choice([_value(axis, v) for v in axis.values])
+                overrides[axis.name] = tune.choice([tune_value(axis, v) for v in axis.values])
             elif axis.kind == "uniform":
                 overrides[axis.name] = tune.uniform(axis.low, axis.high)
             elif axis.kind == "loguniform":

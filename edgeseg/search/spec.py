@@ -11,6 +11,7 @@ the driver, so a spec validated on a laptop can be submitted to a cluster.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import re
 from collections.abc import Mapping
@@ -231,43 +232,8 @@ def spec_from_mapping(data: Mapping[str, Any], source: str = "<spec>") -> Search
     except ConfigError as exc:
         raise SpecError(f"search spec {source}: base: {exc}") from exc
 
-    searcher_raw = r.section(data, "searcher", {"kind", "seed"})
-    searcher = SearcherSpec(
-        kind=r.choice(searcher_raw, "kind", SEARCHERS, key="searcher.kind", default="optuna"),
-        seed=r.integer(searcher_raw, "seed", key="searcher.seed", default=0),
-    )
-    scheduler_raw = r.section(data, "scheduler", {"kind", "max_t", "grace_period", "reduction_factor"})
-    scheduler = SchedulerSpec(
-        kind=r.choice(scheduler_raw, "kind", SCHEDULERS, key="scheduler.kind", default="asha"),
-        max_t=r.integer(scheduler_raw, "max_t", key="scheduler.max_t", default=0, minimum=0),
-        grace_period=r.integer(
-            scheduler_raw, "grace_period", key="scheduler.grace_period", default=1, minimum=1
-        ),
-        reduction_factor=r.number(
-            scheduler_raw, "reduction_factor", key="scheduler.reduction_factor", default=2.0
-        ),
-    )
-    resources_raw = r.section(
-        data, "resources", {"executor", "workers", "cpus_per_worker", "gpus_per_worker"}
-    )
-    resources = ResourcesSpec(
-        executor=r.choice(resources_raw, "executor", EXECUTORS, key="resources.executor", default="train"),
-        workers=r.integer(resources_raw, "workers", key="resources.workers", default=1, minimum=1),
-        cpus_per_worker=r.number(
-            resources_raw, "cpus_per_worker", key="resources.cpus_per_worker", default=1.0
-        ),
-        gpus_per_worker=r.number(
-            resources_raw, "gpus_per_worker", key="resources.gpus_per_worker", default=0.0
-        ),
-    )
-    mlflow_raw = r.section(data, "mlflow", {"tracking_uri", "experiment", "artifact_location"})
-    mlflow = MlflowSpec(
-        tracking_uri=r.string(mlflow_raw, "tracking_uri", key="mlflow.tracking_uri", default=None),
-        experiment=r.string(mlflow_raw, "experiment", key="mlflow.experiment", default=None),
-        artifact_location=r.string(
-            mlflow_raw, "artifact_location", key="mlflow.artifact_location", default=None
-        ),
-    )
+    searcher, scheduler = _read_searcher(r, data), _read_scheduler(r, data)
+    resources, mlflow = _read_resources(r, data), _read_mlflow(r, data)
     space = _read_space(r, data.get("space") or {}, base_config)
 
     spec = SearchSpec(
@@ -295,6 +261,55 @@ def spec_from_mapping(data: Mapping[str, Any], source: str = "<spec>") -> Search
     )
     _check_combinations(r, spec, base_config)
     return spec
+
+
+def _read_searcher(r: _Reader, data: Mapping[str, Any]) -> SearcherSpec:
+    searcher_raw = r.section(data, "searcher", {"kind", "seed"})
+    return SearcherSpec(
+        kind=r.choice(searcher_raw, "kind", SEARCHERS, key="searcher.kind", default="optuna"),
+        seed=r.integer(searcher_raw, "seed", key="searcher.seed", default=0),
+    )
+
+
+def _read_scheduler(r: _Reader, data: Mapping[str, Any]) -> SchedulerSpec:
+    scheduler_raw = r.section(data, "scheduler", {"kind", "max_t", "grace_period", "reduction_factor"})
+    return SchedulerSpec(
+        kind=r.choice(scheduler_raw, "kind", SCHEDULERS, key="scheduler.kind", default="asha"),
+        max_t=r.integer(scheduler_raw, "max_t", key="scheduler.max_t", default=0, minimum=0),
+        grace_period=r.integer(
+            scheduler_raw, "grace_period", key="scheduler.grace_period", default=1, minimum=1
+        ),
+        reduction_factor=r.number(
+            scheduler_raw, "reduction_factor", key="scheduler.reduction_factor", default=2.0
+        ),
+    )
+
+
+def _read_resources(r: _Reader, data: Mapping[str, Any]) -> ResourcesSpec:
+    resources_raw = r.section(
+        data, "resources", {"executor", "workers", "cpus_per_worker", "gpus_per_worker"}
+    )
+    return ResourcesSpec(
+        executor=r.choice(resources_raw, "executor", EXECUTORS, key="resources.executor", default="train"),
+        workers=r.integer(resources_raw, "workers", key="resources.workers", default=1, minimum=1),
+        cpus_per_worker=r.number(
+            resources_raw, "cpus_per_worker", key="resources.cpus_per_worker", default=1.0
+        ),
+        gpus_per_worker=r.number(
+            resources_raw, "gpus_per_worker", key="resources.gpus_per_worker", default=0.0
+        ),
+    )
+
+
+def _read_mlflow(r: _Reader, data: Mapping[str, Any]) -> MlflowSpec:
+    mlflow_raw = r.section(data, "mlflow", {"tracking_uri", "experiment", "artifact_location"})
+    return MlflowSpec(
+        tracking_uri=r.string(mlflow_raw, "tracking_uri", key="mlflow.tracking_uri", default=None),
+        experiment=r.string(mlflow_raw, "experiment", key="mlflow.experiment", default=None),
+        artifact_location=r.string(
+            mlflow_raw, "artifact_location", key="mlflow.artifact_location", default=None
+        ),
+    )
 
 
 def _read_space(r: _Reader, raw: Any, base: ExperimentConfig) -> tuple[Axis, ...]:
@@ -378,10 +393,9 @@ def _check_overrides(
 
 
 def _check_combinations(r: _Reader, spec: SearchSpec, base: ExperimentConfig) -> None:
-    from edgeseg.search import space as space_mod
 
     kinds = {axis.name: axis.kind for axis in spec.space}
-    keys = {k for axis in spec.space for k in space_mod.axis_keys(axis)}
+    keys = {k for axis in spec.space for k in axis_keys(axis)}
     if spec.searcher.kind == "optuna":
         for axis in spec.space:
             if axis.kind == "grid":
@@ -441,7 +455,7 @@ def _check_combinations(r: _Reader, spec: SearchSpec, base: ExperimentConfig) ->
         )
     if spec.searcher.kind == "grid":
         try:
-            space_mod.grid_variants(spec, base)
+            grid_variants(spec, base)
         except ConfigError as exc:
             raise SpecError(f"search spec {r.source}: {exc}") from exc
 
@@ -547,3 +561,62 @@ def trial_config(spec: SearchSpec, overrides: Mapping[str, Any], repeat: int = 0
     config = apply_overrides(base, merged, source=f"trial of search {spec.name}")
     validate(config)
     return config
+
+
+def axis_keys(axis: Axis) -> list[str]:
+    """The dotted config keys an axis sets."""
+    if axis.is_bundle:
+        return sorted({k for bundle in axis.values for k, _ in bundle})
+    return [axis.name]
+
+
+def tune_value(axis: Axis, value: Any) -> Any:
+    """A Tune-side value: bundles become plain dicts, tuples become lists (YAML/JSON-friendly)."""
+    if axis.is_bundle:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in value}
+    return list(value) if isinstance(value, tuple) else value
+
+
+def trial_overrides(trial_config: Mapping[str, Any]) -> dict[str, Any]:
+    """A Tune trial config -> flat dotted overrides (bundles merged in)."""
+    out: dict[str, Any] = {}
+    for name, value in (trial_config.get("overrides") or {}).items():
+        if isinstance(value, Mapping):
+            out.update(value)
+        else:
+            out[name] = value
+    return out
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return ",".join(map(str, value))
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def grid_variants(
+    spec: SearchSpec, base: ExperimentConfig | None = None
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The factorial grid as Tune ``overrides`` dicts, and descriptions of the skipped combinations."""
+    base = base or spec.base_config()
+    axes = [axis for axis in spec.space if axis.kind == "grid"]
+    variants: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    for combo in itertools.product(*(axis.values for axis in axes)):
+        entry = {axis.name: tune_value(axis, value) for axis, value in zip(axes, combo, strict=True)}
+        try:
+            validate(apply_overrides(base, trial_overrides({"overrides": entry}), source="grid"))
+        except ConfigError as exc:
+            label = ", ".join(f"{k}={_fmt(v)}" for k, v in entry.items())
+            if not spec.skip_invalid:
+                raise ConfigError(
+                    f"grid combination {{{label}}} is invalid: {exc} (set skip_invalid: true to drop such cells)"
+                ) from exc
+            skipped.append(f"{{{label}}}: {exc}")
+            continue
+        variants.append(entry)
+    if not variants:
+        raise ConfigError(f"search {spec.name}: every grid combination is invalid: {skipped[:3]}")
+    return variants, skipped

@@ -17,16 +17,11 @@ on the driver's main thread. A trial that ended while the driver was down is exp
 
 from __future__ import annotations
 
-import json
 import logging
-import queue
-import re
 import shutil
 import tempfile
-import threading
 import time
-import traceback
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,17 +29,25 @@ from typing import Any
 import yaml
 from ray import tune
 
-from edgeseg.config import ConfigError, ExperimentConfig, apply_overrides
-from edgeseg.search.space import trial_overrides
-from edgeseg.search.spec import SearchSpec, trial_config
+from edgeseg.config import ConfigError, ExperimentConfig
+from edgeseg.search.export_jobs import ExportJob, ExportWorker, latency_metric_name, primary_latency
+from edgeseg.search.mlflow_runs import (
+    batches,
+    best_run,
+    client_for,
+    ensure_experiment,
+    is_number,
+    param_value,
+    search_runs,
+    variant_hash,
+)
+from edgeseg.search.names import EPOCH_KEYS, EPOCH_PREFIXES, ROLE_SEARCH, ROLE_TRIAL, STATIC_KEYS
+from edgeseg.search.space import expected_trials
+from edgeseg.search.spec import SearchSpec, trial_config, trial_overrides
+from edgeseg.search.storage import StorageFolder, checkpoint_uri
 
 log = logging.getLogger("edgeseg.search.tracking")
 
-ROLE_SEARCH = "search"
-ROLE_TRIAL = "trial"
-EPOCH_PREFIXES = ("train/", "val/")
-EPOCH_KEYS = ("lr", "epoch_seconds")
-STATIC_KEYS = ("params_count", "gflops")
 TERMINAL = ("TERMINATED", "ERROR")
 
 
@@ -53,161 +56,9 @@ TERMINAL = ("TERMINATED", "ERROR")
 # ----------------------------------------------------------------------------------------------
 
 
-def client_for(tracking_uri: str) -> Any:
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=tracking_uri)
-
-
-def ensure_experiment(client: Any, name: str, artifact_location: str | None) -> str:
-    """The experiment's id; created with the explicit artifact location when missing."""
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        if experiment.lifecycle_stage == "deleted":
-            client.restore_experiment(experiment.experiment_id)
-        return str(experiment.experiment_id)
-    return str(client.create_experiment(name, artifact_location=artifact_location))
-
-
-def quote(value: str) -> str:
-    return "'" + str(value).replace("'", "\\'") + "'"
-
-
-def search_runs(client: Any, experiment_id: str, tags: Mapping[str, str]) -> list[Any]:
-    """All runs whose tags equal ``tags`` (paged)."""
-    filter_string = " and ".join(f"tags.{k} = {quote(v)}" for k, v in tags.items())
-    runs: list[Any] = []
-    token = None
-    while True:
-        page = client.search_runs(
-            [experiment_id], filter_string=filter_string, max_results=1000, page_token=token
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
-def variant_hash(config: ExperimentConfig, base_seed: int) -> str:
-    """The config hash with the repeat's seed reset: repeats of one cell share it (error bars)."""
-    return apply_overrides(config, {"train.seed": base_seed}).hash()
-
-
-def _batches(items: list[Any], size: int) -> Iterable[list[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def checkpoint_uri(storage: str, path: str) -> str:
-    """A Ray checkpoint path (filesystem-relative for remote stores) as a URI any process can open."""
-    if "://" in path or "://" not in storage:
-        return path
-    return f"{storage.split('://', 1)[0]}://{path.lstrip('/')}"
-
-
 # ----------------------------------------------------------------------------------------------
 # ONNX export of a trial's best checkpoint.
 # ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ExportJob:
-    trial_id: str
-    run_id: str
-    checkpoint: str  # path or URI of the best checkpoint directory
-    final_status: str  # MLflow status once logged: FINISHED or FAILED
-    config: dict[str, Any]
-    out_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="edgeseg-export-")))
-    result: Any = None
-    checkpoint_metrics: dict[str, float] = field(default_factory=dict)
-    checkpoint_epoch: int = 0
-    error: str = ""
-
-
-def verify_onnx(onnx_path: Path, sidecar: Mapping[str, Any]) -> tuple[int, ...]:
-    """Run the model in ONNX Runtime on inputs built from its sidecar; return the output shape."""
-    import numpy as np
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(0)
-    size = int(sidecar["input_size"])
-    feeds: dict[str, Any] = {}
-    for entry in session.get_inputs():
-        if entry.name == "rois":
-            feeds["rois"] = np.array([[0, 4, 6, size // 2, size - 8], [0, size // 4, 2, size - 3, size // 2]],
-                                     dtype=np.float32)  # fmt: skip
-        else:
-            shape = [1 if not isinstance(d, int) else d for d in entry.shape]
-            feeds[entry.name] = (
-                rng.random(shape, dtype=np.float32) * (255 if entry.name == "image" else 1)
-            ).astype(np.float32)
-    (masks,) = session.run(["masks"], feeds)
-    mask = int(sidecar["mask_size"])
-    if tuple(masks.shape) != (2, 3, mask, mask) or not np.isfinite(masks).all():
-        raise RuntimeError(
-            f"{onnx_path}: ONNX Runtime gave masks {masks.shape}, expected (2, 3, {mask}, {mask})"
-        )
-    return tuple(masks.shape)
-
-
-def run_export(job: ExportJob) -> ExportJob:
-    """Export in the background thread: no MLflow calls here."""
-    from ray.train import Checkpoint
-
-    from edgeseg import pipeline
-    from edgeseg.engine import load_checkpoint
-
-    try:
-        if "://" in job.checkpoint:
-            local = Path(Checkpoint(path=job.checkpoint).to_directory(str(job.out_dir / "checkpoint")))
-        else:
-            local = Path(job.checkpoint)
-        state = load_checkpoint(local)
-        job.checkpoint_epoch = int(state["epoch"])
-        job.checkpoint_metrics = {
-            k: float(v) for k, v in (state.get("metrics") or {}).items() if isinstance(v, int | float)
-        }
-        job.result = pipeline.export_checkpoint(local, job.out_dir / "onnx")
-        sidecar = json.loads(Path(job.result.sidecar_path).read_text())
-        verify_onnx(Path(job.result.onnx_path), sidecar)
-    except Exception as exc:  # the trial's run records why; the search goes on
-        job.error = f"{type(exc).__name__}: {exc}"
-        log.warning("ONNX export of trial %s failed: %s\n%s", job.trial_id, job.error, traceback.format_exc())
-    return job
-
-
-class _ExportWorker:
-    """One background thread; exports are CPU work that must not stall Tune's event loop."""
-
-    def __init__(self) -> None:
-        self.todo: queue.Queue[ExportJob | None] = queue.Queue()
-        self.done: queue.Queue[ExportJob] = queue.Queue()
-        self.pending = 0
-        self.thread = threading.Thread(target=self._loop, name="edgeseg-onnx-export", daemon=True)
-        self.thread.start()
-
-    def _loop(self) -> None:
-        while (job := self.todo.get()) is not None:
-            self.done.put(run_export(job))
-
-    def submit(self, job: ExportJob) -> None:
-        self.pending += 1
-        self.todo.put(job)
-
-    def finished(self, wait: bool = False) -> list[ExportJob]:
-        jobs = []
-        while self.pending:
-            try:
-                job = self.done.get(block=wait, timeout=600 if wait else None)
-            except queue.Empty:
-                break
-            self.pending -= 1
-            jobs.append(job)
-        return jobs
-
-    def close(self) -> None:
-        self.todo.put(None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -246,7 +97,7 @@ class MlflowTracker(tune.Callback):
         self._experiment_id = ""
         self._parent_id = ""
         self._runs: dict[str, _RunState] = {}
-        self._exporter: _ExportWorker | None = None
+        self._exporter: ExportWorker | None = None
         self._swept = False
         self._exported: set[str] = set()
 
@@ -271,7 +122,7 @@ class MlflowTracker(tune.Callback):
             self._client, spec.experiment_name, spec.mlflow.artifact_location
         )
         self._parent_id = self._ensure_parent()
-        self._exporter = _ExportWorker()
+        self._exporter = ExportWorker()
 
     @property
     def client(self) -> Any:
@@ -322,8 +173,8 @@ class MlflowTracker(tune.Callback):
     def _log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, _param_value(v)) for k, v in params.items()]
-        for batch in _batches(items, 100):
+        items = [Param(k, param_value(v)) for k, v in params.items()]
+        for batch in batches(items, 100):
             self._client.log_batch(run_id, params=batch)
 
     # -- child runs --------------------------------------------------------------------------
@@ -418,19 +269,19 @@ class MlflowTracker(tune.Callback):
             Metric(k, float(v), now, epoch)
             for k, v in result.items()
             if (k.startswith(EPOCH_PREFIXES) or k in EPOCH_KEYS)
-            and _is_number(v)
+            and is_number(v)
             and epoch > state.key_steps.get(k, 0)
         ]
         if epoch <= state.last_epoch and not metrics:
             return  # re-reported after a restore: already logged, never a duplicate point
         if not state.static_logged:
-            metrics += [Metric(k, float(result[k]), now, 0) for k in STATIC_KEYS if _is_number(result.get(k))]
+            metrics += [Metric(k, float(result[k]), now, 0) for k in STATIC_KEYS if is_number(result.get(k))]
             state.static_logged = True
         tags = [RunTag("last_epoch", str(max(state.last_epoch, epoch)))]
         path = result.get("checkpoint_path")
         if path:  # both executors persist the epoch's checkpoint before reporting it
             tags += self._maybe_best(state, result, checkpoint_uri(str(self.spec.storage), str(path)), epoch)
-        for batch in _batches(metrics, 900):
+        for batch in batches(metrics, 900):
             self.client.log_batch(state.run_id, metrics=batch, tags=tags)
             tags = []
         for metric in metrics:
@@ -483,7 +334,6 @@ class MlflowTracker(tune.Callback):
         self._collect_exports(wait=True)
         if self._exporter is not None:
             self._exporter.close()
-        from edgeseg.search.space import expected_trials
 
         complete = len(trials) >= expected_trials(self.spec) and all(t.status in TERMINAL for t in trials)
         for trial in trials:
@@ -497,7 +347,6 @@ class MlflowTracker(tune.Callback):
     def _user_stopped(self, trial_id: str) -> bool:
         if not self.stop_requests_dir:
             return False
-        from edgeseg.search.control import StorageFolder
 
         return StorageFolder(self.stop_requests_dir).exists(trial_id)
 
@@ -550,6 +399,8 @@ class MlflowTracker(tune.Callback):
                 for k, v in job.checkpoint_metrics.items()
                 if k.startswith(EPOCH_PREFIXES)
             ]
+            metrics += [Metric(k, v, now, job.checkpoint_epoch) for k, v in job.mask_ap.items()]
+            metrics += [Metric(f"best/{k}", v, now, job.checkpoint_epoch) for k, v in job.mask_ap.items()]
             tags = [RunTag("onnx", "exported"), RunTag("onnx_epoch", str(job.checkpoint_epoch))]
             client.log_batch(job.run_id, metrics=metrics, tags=tags)
         finally:
@@ -591,28 +442,6 @@ class MlflowTracker(tune.Callback):
         client.set_terminated(self._parent_id, status="FINISHED" if complete else "KILLED")
 
 
-def best_run(runs: Iterable[Any], metric: str, mode: str) -> Any:
-    scored = [r for r in runs if metric in r.data.metrics]
-    if not scored:
-        return None
-    return (max if mode == "max" else min)(scored, key=lambda r: r.data.metrics[metric])
-
-
-def primary_latency(latency: Mapping[str, float]) -> float:
-    """The one latency of a model: ONNX Runtime's, at the largest ROI count measured (else torch's)."""
-
-    def rois(key: str) -> int:
-        found = re.search(r"rois_(\d+)", key)
-        return int(found.group(1)) if found else 0
-
-    pool = {k: v for k, v in latency.items() if "onnx" in k} or dict(latency)
-    return float(pool[max(pool, key=rois)])
-
-
-def latency_metric_name(key: str) -> str:
-    return key if key.startswith("latency_ms") else f"latency_ms/{key}"
-
-
 def _trial_error(trial: Any) -> str:
     path = getattr(trial, "error_file", None)
     try:
@@ -621,12 +450,3 @@ def _trial_error(trial: Any) -> str:
     except OSError:
         pass
     return str(getattr(trial, "error_msg", "") or "unknown error")
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _param_value(value: Any) -> str:
-    text = ",".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
-    return text[:6000]

@@ -23,14 +23,16 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from edgeseg.search.space import trial_overrides
-from edgeseg.search.spec import SearchSpec, trial_config
+from edgeseg import paths
+from edgeseg.engine.checkpoint import load_checkpoint
+from edgeseg.engine.fit import fit
+from edgeseg.search.spec import SearchSpec, trial_config, trial_overrides
+from edgeseg.search.storage import StorageFolder
 
 TRIAL_DRIVER_RESOURCE = "trial_driver"
 log = logging.getLogger("edgeseg.search.trial")
@@ -42,9 +44,8 @@ def train_runs_path(spec: SearchSpec) -> str:
 
 
 def _enter_home(spec: SearchSpec) -> None:
-    # Trials share the driver's prepared data and feature caches through EDGESEG_HOME.
-    if spec.home:
-        os.environ["EDGESEG_HOME"] = spec.home
+    # Trials share the driver's prepared data and feature caches through the search's home folder.
+    paths.set_home(spec.home)
 
 
 def _clean(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -57,7 +58,6 @@ def _clean(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 def _stored_metrics(checkpoint_dir: Path) -> dict[str, float]:
-    from edgeseg.engine import load_checkpoint
 
     state = load_checkpoint(checkpoint_dir)
     return _clean(state.get("metrics") or {"epoch": state["epoch"]})
@@ -71,7 +71,6 @@ def _fit(
     run_dir: Path,
     device: Any = None,
 ) -> None:
-    from edgeseg.engine import fit
 
     config = trial_config(spec, trial_overrides(trial), int(trial.get("repeat", 0)))
     fit(
@@ -108,7 +107,6 @@ class CheckpointStore:
     MANIFEST = "manifest.json"
 
     def __init__(self, root_uri: str, trial_id: str, keep: int, metric: str, mode: str) -> None:
-        from edgeseg.search.control import StorageFolder
 
         self.folder = StorageFolder(f"{root_uri.rstrip('/')}/{trial_id}")
         self.keep, self.metric, self.mode = keep, metric, mode

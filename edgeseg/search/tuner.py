@@ -17,8 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgeseg import paths
+from edgeseg.engine.prepare import prepare
 from edgeseg.search import control
-from edgeseg.search.spec import SearchSpec, SpecError, load_spec
+from edgeseg.search.mlflow_runs import client_for, search_runs
+from edgeseg.search.names import ROLE_SEARCH, ROLE_TRIAL
+from edgeseg.search.progress import ProgressTable
+from edgeseg.search.space import expected_trials, param_space, search_algorithm
+from edgeseg.search.spec import SearchSpec, SpecError, grid_variants, load_spec, trial_config, trial_overrides
+from edgeseg.search.storage import StorageFolder, control_folder, experiment_uri
+from edgeseg.search.tracking import MlflowTracker
+from edgeseg.search.trainable import TRIAL_DRIVER_RESOURCE, driver_resources_needed, make_trainable
 
 DEFAULT_LOG: Callable[[str], Any] = print
 
@@ -53,9 +62,6 @@ def prepare_once(spec: SearchSpec, log: Callable[[str], Any] = DEFAULT_LOG) -> i
     Continuous axes cannot be enumerated; values they reach that need another cache build it in
     the first trial that uses it (the cache is file-locked), never per trial.
     """
-    from edgeseg import pipeline
-    from edgeseg.search.space import grid_variants, trial_overrides
-    from edgeseg.search.spec import trial_config
 
     candidates: list[dict[str, Any]] = [{}]
     if spec.searcher.kind == "grid":
@@ -76,14 +82,12 @@ def prepare_once(spec: SearchSpec, log: Callable[[str], Any] = DEFAULT_LOG) -> i
         if key in seen:
             continue
         seen.add(key)
-        pipeline.prepare(config, log=log)
+        prepare(config, log=log)
     return len(seen)
 
 
 def _init_ray(spec: SearchSpec, address: str | None, num_cpus: int | None) -> None:
     import ray
-
-    from edgeseg.search.trainable import TRIAL_DRIVER_RESOURCE, driver_resources_needed
 
     needed = driver_resources_needed(spec)
     if not ray.is_initialized():
@@ -106,10 +110,8 @@ def _init_ray(spec: SearchSpec, address: str | None, num_cpus: int | None) -> No
 
 
 def _callbacks(spec: SearchSpec, search_id: str, progress: bool, extra: list[Any] | None = None) -> list[Any]:
-    from edgeseg.search.progress import ProgressTable
-    from edgeseg.search.tracking import MlflowTracker
 
-    stop_dir = control.control_folder(str(spec.storage), spec.name).child("stop").uri
+    stop_dir = control_folder(str(spec.storage), spec.name).child("stop").uri
     callbacks: list[Any] = [MlflowTracker(spec, search_id, stop_dir), control.DriverControl(spec)]
     if progress:
         callbacks.append(ProgressTable(spec.metric, spec.mode, spec.max_epochs))
@@ -123,9 +125,6 @@ def build_tuner(
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from edgeseg.search.space import param_space, search_algorithm
-    from edgeseg.search.trainable import make_trainable
-
     scheduler = None
     if spec.scheduler.kind == "asha":
         scheduler = ASHAScheduler(
@@ -135,7 +134,7 @@ def build_tuner(
             reduction_factor=spec.scheduler.reduction_factor,
         )
     searcher = search_algorithm(spec)
-    stop_dir = control.control_folder(str(spec.storage), spec.name).child("stop").uri
+    stop_dir = control_folder(str(spec.storage), spec.name).child("stop").uri
     return tune.Tuner(
         make_trainable(spec),
         param_space=param_space(spec),
@@ -179,7 +178,7 @@ def run_search(
     if not isinstance(spec, SearchSpec):
         spec = load_spec(spec)
     spec = spec.resolved()
-    experiment = control.StorageFolder(control.experiment_uri(str(spec.storage), spec.name))
+    experiment = StorageFolder(experiment_uri(str(spec.storage), spec.name))
     if experiment.exists():
         if not fresh:
             raise SearchExistsError(
@@ -191,14 +190,14 @@ def run_search(
     control.write_record(spec, search_id)
     control.write_driver_state(spec, "preparing")
     started = time.perf_counter()
-    os.environ["EDGESEG_HOME"] = str(spec.home)
-    prepared = prepare_once(spec, log)
-    log(
-        f"search {spec.name} ({search_id}): prepared {prepared} feature set(s) in {time.perf_counter() - started:.1f} s"
-    )
-    _init_ray(spec, address, num_cpus)
-    tuner = build_tuner(spec, search_id, progress, callbacks)
-    return _fit(tuner, spec, search_id, started, log)
+    with paths.using_home(spec.home):
+        prepared = prepare_once(spec, log)
+        log(
+            f"search {spec.name} ({search_id}): prepared {prepared} feature set(s) in {time.perf_counter() - started:.1f} s"
+        )
+        _init_ray(spec, address, num_cpus)
+        tuner = build_tuner(spec, search_id, progress, callbacks)
+        return _fit(tuner, spec, search_id, started, log)
 
 
 def resume_search(
@@ -212,11 +211,9 @@ def resume_search(
     """Continue a stopped or crashed search: unfinished trials resume, errored ones are retried."""
     from ray import tune
 
-    from edgeseg.search.trainable import make_trainable
-
     record = control.read_record(name, storage)
     spec = record.spec
-    path = control.experiment_uri(str(spec.storage), name)
+    path = experiment_uri(str(spec.storage), name)
     if not tune.Tuner.can_restore(path):
         raise SpecError(
             f"search {name!r} has no Tune state to resume at {path} (it never started its trials)"
@@ -229,21 +226,19 @@ def resume_search(
     control.clear_stop_all(spec)
     control.write_driver_state(spec, "preparing")
     started = time.perf_counter()
-    os.environ["EDGESEG_HOME"] = str(spec.home)
-    prepare_once(spec, log)
-    _init_ray(spec, address, num_cpus)
-    tuner = tune.Tuner.restore(
-        path, trainable=make_trainable(spec), resume_unfinished=True, resume_errored=True
-    )
-    log(f"resuming search {name} ({record.search_id}) from {path}")
-    return _fit(tuner, spec, record.search_id, started, log)
+    with paths.using_home(spec.home):
+        prepare_once(spec, log)
+        _init_ray(spec, address, num_cpus)
+        tuner = tune.Tuner.restore(
+            path, trainable=make_trainable(spec), resume_unfinished=True, resume_errored=True
+        )
+        log(f"resuming search {name} ({record.search_id}) from {path}")
+        return _fit(tuner, spec, record.search_id, started, log)
 
 
 def _fit(
     tuner: Any, spec: SearchSpec, search_id: str, started: float, log: Callable[[str], Any]
 ) -> SearchOutcome:
-    from edgeseg.search.space import expected_trials
-    from edgeseg.search.tracking import ROLE_SEARCH, ROLE_TRIAL, client_for, search_runs
 
     control.write_driver_state(spec, "running")
     try:
@@ -252,7 +247,7 @@ def _fit(
         control.write_driver_state(spec, "failed")
         raise
     control.clear_stop_all(spec)
-    path = control.experiment_uri(str(spec.storage), spec.name)
+    path = experiment_uri(str(spec.storage), spec.name)
     trials = control.tune_trials(path)
     terminated = sum(1 for state, _ in trials.values() if state == "TERMINATED")
     errored = sum(1 for state, _ in trials.values() if state == "ERROR")

@@ -6,13 +6,13 @@ same for 640.
 
 from __future__ import annotations
 
-import multiprocessing
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from helpers import race_two_processes
 from PIL import Image
 from skimage import data as skdata
 
@@ -130,22 +130,15 @@ def test_prepare_is_idempotent_and_sidecar_loads(spec, backbone_root: Path):
     ]
 
 
-def _prepare(root: str, queue) -> None:
+def _prepare(root: str, barrier, queue) -> None:
+    barrier.wait()
     spec = prepare_default_backbone(SIZE, root=root)
     queue.put((str(spec.onnx_path), spec.metadata["export_seconds"]))
 
 
 @pytest.mark.slow
 def test_concurrent_prepare_exports_once(tmp_path: Path):
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    workers = [context.Process(target=_prepare, args=(str(tmp_path), queue)) for _ in range(2)]
-    for worker in workers:
-        worker.start()
-    outcomes = [queue.get(timeout=120) for _ in workers]
-    for worker in workers:
-        worker.join(timeout=30)
-        assert worker.exitcode == 0
+    outcomes = race_two_processes(_prepare, (str(tmp_path),), timeout=120)
     # One export: both processes read the same sidecar, hence the same recorded export time.
     assert outcomes[0] == outcomes[1]
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == [

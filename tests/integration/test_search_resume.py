@@ -9,9 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import free_port
 from search_helpers import outcome_of, start_driver, tiny_overrides
-
-from edgeseg.ui import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -36,7 +35,7 @@ def epochs_stored(storage: str) -> int:
     """Trial checkpoints written so far (``<search>/trial_runs/<trial>/epoch_NNNN``), on any storage."""
     import pyarrow.fs as pafs
 
-    from edgeseg.search.control import StorageFolder
+    from edgeseg.search.storage import StorageFolder
 
     folder = StorageFolder(f"{storage}/crash/trial_runs")
     if not folder.exists():
@@ -69,7 +68,8 @@ def s3_bucket(monkeypatch):
 
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_sigkill_mid_search_then_resume_completes_without_duplicates(tmp_path, where, request):
-    from edgeseg.search.control import StorageFolder, read_record, tune_trials
+    from edgeseg.search.control import read_record, tune_trials
+    from edgeseg.search.storage import StorageFolder
 
     home = tmp_path / "home"
     storage = request.getfixturevalue("s3_bucket") if where == "s3" else str(tmp_path / "storage")

@@ -15,6 +15,7 @@ import yaml
 from search_helpers import tiny_overrides
 
 from edgeseg.config import load_config
+from edgeseg.engine.prepare import prepare
 from edgeseg.search.spec import spec_from_mapping
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -53,7 +54,7 @@ def make_spec(root: Path, name: str, **extra):
 
 
 def trial_runs(spec, search_id):
-    from edgeseg.search.tracking import client_for, search_runs
+    from edgeseg.search.mlflow_runs import client_for, search_runs
 
     resolved = spec.resolved()
     client = client_for(resolved.mlflow.tracking_uri)
@@ -178,6 +179,10 @@ def test_every_trial_has_an_onnx_model_that_runs_in_onnxruntime(env, asha_search
         assert run.data.tags["onnx_epoch"] == str(best_epoch)
         mious = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val/miou")}
         assert run.data.metrics["best/val/miou"] == pytest.approx(mious[best_epoch])
+        # COCO mask AP of that checkpoint, at its epoch (over the people given a ROI)
+        ap = client.get_metric_history(run.info.run_id, "val/mask_ap")
+        assert [m.step for m in ap] == [best_epoch] and 0.0 <= ap[0].value <= 1.0
+        assert run.data.metrics["val/mask_ap50"] >= run.data.metrics["val/mask_ap75"]
 
 
 def test_fetch_best_returns_the_best_qualifying_run(env, asha_search, tmp_path):
@@ -270,11 +275,11 @@ def test_train_executor_runs_a_torchtrainer_per_trial(env):
 def test_two_train_workers_train_data_parallel_and_report_whole_set_metrics(env):
     """resources.workers=2: a gloo DDP group; each rank takes half the training images (half the
     optimizer steps of one worker), and the reported val/miou is that of the whole validation set."""
-    from edgeseg import pipeline
+
     from edgeseg.config import config_from_dict
-    from edgeseg.engine import load_checkpoint
+    from edgeseg.engine.checkpoint import load_checkpoint
+    from edgeseg.evaluation import validate_checkpoint
     from edgeseg.search.tuner import run_search
-    from edgeseg.workflows import validate_checkpoint
 
     spec = make_spec(
         env,
@@ -292,7 +297,7 @@ def test_two_train_workers_train_data_parallel_and_report_whole_set_metrics(env)
     assert steps(client, run.info.run_id, "val/miou") == [1, 2]
     state = load_checkpoint(run.data.tags["best_checkpoint"])
     config = config_from_dict(state["config"])
-    images, per_step = len(pipeline.prepare(config).train), config.train.batch_size
+    images, per_step = len(prepare(config).train), config.train.batch_size
     # the optimizer stepped ceil(ceil(images / 2 ranks) / batch) times per epoch, not ceil(images / batch)
     steps_per_rank = math.ceil(math.ceil(images / 2) / per_step)
     assert state["scheduler"]["last_epoch"] == state["epoch"] * steps_per_rank

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import free_port
 from search_helpers import tiny_overrides
-
-from edgeseg.ui import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

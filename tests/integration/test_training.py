@@ -18,10 +18,22 @@ import pytest
 import torch
 from PIL import Image
 
-from edgeseg import engine, pipeline
-from edgeseg.cli import main
+from edgeseg.cli.main import main
 from edgeseg.config import load_config
-from edgeseg.workflows import validate_checkpoint
+from edgeseg.engine.checkpoint import CHECKPOINT_FILE, head_from_checkpoint, load_checkpoint
+from edgeseg.engine.fit import fit
+from edgeseg.engine.loop import (
+    NonFiniteLossError,
+    evaluate,
+    head_inputs,
+    loss_spec,
+    make_loader,
+    seed_everything,
+)
+from edgeseg.engine.prepare import prepare
+from edgeseg.evaluation import validate_checkpoint
+from edgeseg.export import export_checkpoint
+from edgeseg.models import build_head
 
 pytestmark = pytest.mark.integration
 
@@ -54,24 +66,24 @@ def home(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="module")
 def trained(home: Path, tmp_path_factory: pytest.TempPathFactory):
     config = load_config("baseline", overrides=OVERRIDES)
-    prepared = pipeline.prepare(config, log=lambda _: None)
+    prepared = prepare(config, log=lambda _: None)
     # the untrained head: same seed, same construction as fit's
-    engine.seed_everything(config.train.seed)
-    untrained = pipeline.build_head(prepared.model, prepared.layer_infos)
-    loader = engine.make_loader(prepared.val, 4, shuffle=False, seed=0, epoch=0, workers=0)
+    seed_everything(config.train.seed)
+    untrained = build_head(prepared.model, prepared.layer_infos)
+    loader = make_loader(prepared.val, 4, shuffle=False, seed=0, epoch=0, workers=0)
     weights = torch.tensor(prepared.class_weights)
-    before = engine.evaluate(
-        untrained, loader, prepared.val_features, engine.loss_spec(config), weights, torch.device("cpu")
+    before = evaluate(
+        untrained, loader, prepared.val_features, loss_spec(config), weights, torch.device("cpu")
     )
     reports: list[tuple[dict, Path]] = []
 
     class Collect:
         def report(self, metrics: dict, checkpoint_dir: Path) -> None:
-            assert (checkpoint_dir / engine.CHECKPOINT_FILE).exists()
+            assert (checkpoint_dir / CHECKPOINT_FILE).exists()
             reports.append((metrics, checkpoint_dir))
 
     run_dir = tmp_path_factory.mktemp("run")
-    result = engine.fit(config, Collect(), run_dir=run_dir, prepared=prepared, log=lambda _: None)
+    result = fit(config, Collect(), run_dir=run_dir, prepared=prepared, log=lambda _: None)
     return config, prepared, before, result, reports
 
 
@@ -87,12 +99,12 @@ def test_training_lowers_the_loss_and_raises_miou(trained) -> None:
 
 def test_checkpoint_holds_what_resume_needs(trained) -> None:
     config, _, _, result, _ = trained
-    state = engine.load_checkpoint(result.last_checkpoint)
+    state = load_checkpoint(result.last_checkpoint)
     for key in ("model", "optimizer", "scheduler", "epoch", "config", "metrics", "rng", "layer_infos"):
         assert key in state
     assert state["epoch"] == EPOCHS
     assert state["config_hash"] == config.hash()
-    best = engine.load_checkpoint(result.best_checkpoint)
+    best = load_checkpoint(result.best_checkpoint)
     assert best["metrics"]["val/miou"] == pytest.approx(result.best_metrics["val/miou"])
     # only the newest checkpoints are kept (plus best)
     kept = sorted(p.name for p in (result.run_dir / "checkpoints").glob("epoch_*"))
@@ -101,7 +113,7 @@ def test_checkpoint_holds_what_resume_needs(trained) -> None:
 
 def test_resume_reproduces_the_next_epoch_exactly(trained, tmp_path: Path) -> None:
     config, prepared, _, result, _ = trained
-    resumed = engine.fit(
+    resumed = fit(
         config,
         run_dir=tmp_path,
         resume_from=result.run_dir / "checkpoints" / f"epoch_{EPOCHS - 1:04d}",
@@ -118,7 +130,7 @@ def test_resume_with_another_config_is_refused(trained, tmp_path: Path) -> None:
     config, prepared, _, result, _ = trained
     other = load_config("baseline", overrides={**OVERRIDES, "train.lr": 1e-3})
     with pytest.raises(ValueError, match="config"):
-        engine.fit(
+        fit(
             other, run_dir=tmp_path, resume_from=result.last_checkpoint, prepared=prepared, log=lambda _: None
         )
 
@@ -130,14 +142,12 @@ def test_non_finite_loss_stops_clearly_and_keeps_checkpoints(trained, tmp_path: 
     def nan_loss(outputs, targets, spec, class_weights, progress):
         return outputs["logits"].sum() * float("nan"), {"loss": float("nan")}
 
-    monkeypatch.setattr(edgeseg.losses, "compute_loss", nan_loss)
+    monkeypatch.setattr(edgeseg.engine.loop, "compute_loss", nan_loss)
     start = result.run_dir / "checkpoints" / f"epoch_{EPOCHS - 1:04d}"
-    with pytest.raises(engine.NonFiniteLossError, match=f"epoch {EPOCHS}, step 0"):
-        engine.fit(config, run_dir=tmp_path, resume_from=start, prepared=prepared, log=lambda _: None)
-    assert (start / engine.CHECKPOINT_FILE).exists()
-    assert (
-        not list((tmp_path / "checkpoints").glob("epoch_*")) if (tmp_path / "checkpoints").exists() else True
-    )
+    with pytest.raises(NonFiniteLossError, match=f"epoch {EPOCHS}, step 0"):
+        fit(config, run_dir=tmp_path, resume_from=start, prepared=prepared, log=lambda _: None)
+    assert (start / CHECKPOINT_FILE).exists()
+    assert not list((tmp_path / "checkpoints").glob("epoch_*"))  # the failed epoch wrote no checkpoint
 
 
 def test_validate_agrees_with_training_and_draws_overlays(trained, tmp_path: Path) -> None:
@@ -155,16 +165,16 @@ def test_validate_agrees_with_training_and_draws_overlays(trained, tmp_path: Pat
 
 def test_export_matches_torch_on_real_features(trained, tmp_path: Path) -> None:
     _, prepared, _, result, _ = trained
-    exported = pipeline.export_checkpoint(result.best_checkpoint, tmp_path, latency_rois=(1,))
+    exported = export_checkpoint(result.best_checkpoint, tmp_path, latency_rois=(1,))
     assert exported.max_abs_diff < 1e-3
     sidecar = json.loads(exported.sidecar_path.read_text())
     assert sidecar["mask_size"] == 28 and sidecar["class_names"] == ["background", "target", "other"]
-    state = engine.load_checkpoint(result.best_checkpoint)
-    head, _, _ = engine.head_from_checkpoint(state)
+    state = load_checkpoint(result.best_checkpoint)
+    head, _, _ = head_from_checkpoint(state)
     head.eval()
     session = ort.InferenceSession(str(exported.onnx_path), providers=["CPUExecutionProvider"])
-    batch = next(iter(engine.make_loader(prepared.val, 4, shuffle=False, seed=0, epoch=0, workers=0)))
-    inputs, rois, _ = engine.head_inputs(head, batch, prepared.val_features, torch.device("cpu"))
+    batch = next(iter(make_loader(prepared.val, 4, shuffle=False, seed=0, epoch=0, workers=0)))
+    inputs, rois, _ = head_inputs(head, batch, prepared.val_features, torch.device("cpu"))
     feed = {f"features_{k}": t.numpy() for k, t in zip(head.layer_ids, inputs, strict=True)}
     feed["rois"] = rois.numpy()
     onnx_masks = session.run(["masks"], feed)[0]
@@ -193,21 +203,19 @@ def test_merged_onnx_takes_the_letterboxed_image(trained, home: Path, tmp_path: 
             "baseline",
             overrides={**OVERRIDES, "model.rgb_layers": "deep", "train.epochs": 1, "train.warmup_epochs": 0},
         )
-        prepared = pipeline.prepare(config, log=lambda _: None)
-        fitted = engine.fit(config, run_dir=tmp_path / "rgb", prepared=prepared, log=lambda _: None)
+        prepared = prepare(config, log=lambda _: None)
+        fitted = fit(config, run_dir=tmp_path / "rgb", prepared=prepared, log=lambda _: None)
         checkpoint = fitted.best_checkpoint
-    exported = pipeline.export_checkpoint(
-        checkpoint, tmp_path / "onnx", merge_backbone=True, latency_rois=(1,)
-    )
+    exported = export_checkpoint(checkpoint, tmp_path / "onnx", merge_backbone=True, latency_rois=(1,))
     assert exported.merged_path is not None
     merged = ort.InferenceSession(str(exported.merged_path), providers=["CPUExecutionProvider"])
     assert [i.name for i in merged.get_inputs()] == ["image", "rois"]
 
-    head, _, _ = engine.head_from_checkpoint(engine.load_checkpoint(checkpoint))
+    head, _, _ = head_from_checkpoint(load_checkpoint(checkpoint))
     head.eval()
     assert head.needs_image == rgb
-    batch = next(iter(engine.make_loader(prepared.val, 2, shuffle=False, seed=0, epoch=0, workers=0)))
-    inputs, rois, image = engine.head_inputs(head, batch, prepared.val_features, torch.device("cpu"))
+    batch = next(iter(make_loader(prepared.val, 2, shuffle=False, seed=0, epoch=0, workers=0)))
+    inputs, rois, image = head_inputs(head, batch, prepared.val_features, torch.device("cpu"))
     with torch.no_grad():
         expected = head(inputs, rois, image)["logits"].numpy()
     (actual,) = merged.run(["masks"], {"image": batch.images.float().numpy(), "rois": rois.numpy()})

@@ -29,7 +29,7 @@ import pytest
 from mlflow.entities import Metric
 from PIL import Image
 
-from edgeseg.ui import UiError, UiServer, default_tracking_uri, serve_ui
+from edgeseg.search.ui import UiError, UiServer, default_tracking_uri, serve_ui
 from mlflow import MlflowClient
 
 pytestmark = pytest.mark.integration

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import multiprocessing
 import pickle
 import time
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from helpers import race_two_processes
 from test_backbone_extractor import TINY_MAP, TINY_SIZE, make_tiny_onnx, tiny_reference
 
 from edgeseg.backbone.cache import CachedFeatures, FeatureCache, FeatureCacheTooLarge, OnTheFlyFeatures
@@ -225,18 +225,7 @@ def _build_in_process(onnx_path: str, root: str, barrier, results) -> None:
 def test_concurrent_builds_make_one_cache(tmp_path: Path):
     onnx_path = str(make_tiny_onnx(tmp_path / "tiny.onnx"))
     root = tmp_path / "cache"
-    context = multiprocessing.get_context("spawn")  # forking a process that holds ORT thread pools is unsafe
-    barrier, results = context.Barrier(2), context.Queue()
-    workers = [
-        context.Process(target=_build_in_process, args=(onnx_path, str(root), barrier, results))
-        for _ in range(2)
-    ]
-    for worker in workers:
-        worker.start()
-    outcomes = [results.get(timeout=60) for _ in workers]
-    for worker in workers:
-        worker.join(timeout=30)
-        assert worker.exitcode == 0
+    outcomes = race_two_processes(_build_in_process, (onnx_path, str(root)), timeout=60)
     assert sorted(o[0] for o in outcomes) == [False, True]  # one built, the other waited and read it
     assert sorted(o[1] for o in outcomes) == [0, 3]  # the backbone ran 3 batches once in total
     assert outcomes[0][2] == outcomes[1][2] and cache_folders(root) == [Path(outcomes[0][2])]

@@ -18,10 +18,10 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeseg.backbone.commands import register
 from edgeseg.backbone.extractor import OnnxFeatureExtractor, onnx_providers
 from edgeseg.backbone.layer_map import LayerMap, LayerSpec, Preprocessing
 from edgeseg.backbone.prepare import load_backbone
+from edgeseg.cli.backbone import register
 
 CHANNELS = (4, 6, 8)
 TINY_SIZE = 64

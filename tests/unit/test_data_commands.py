@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeseg.data import commands
+from edgeseg.cli import data as commands
 from edgeseg.data.cocoio import DataError
 
 

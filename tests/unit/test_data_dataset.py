@@ -13,7 +13,7 @@ import torch
 
 from edgeseg.data.augment import AugmentConfig
 from edgeseg.data.cocoio import DataError
-from edgeseg.data.dataset import PersonRoiDataset, collate_roi_samples
+from edgeseg.data.dataset import TARGETS_VERSION, PersonRoiDataset, collate_roi_samples
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "coco_people.json"
 
@@ -21,20 +21,26 @@ FIXTURE = Path(__file__).parents[1] / "fixtures" / "coco_people.json"
 # x 4..27, y 20..43; person B (x 10..21, y 4..15) covers input x 20..43, y 24..47.
 # ROI A = box (4, 20, 28, 44) padded by 0.1 * 24 = 2.4 -> (1.6, 17.6, 30.4, 46.4); with M = 8 the bins
 # are 3.6 px wide, centres at 1.6 + (j + 0.5) * 3.6 -> columns 3, 7, 10, 14, 17, 21, 25, 28 and rows
-# (same + 16) 19, 23, 26, 30, 33, 37, 41, 44. Label = 1 inside A, else 2 inside B, else 0:
+# (same + 16) 19, 23, 26, 30, 33, 37, 41, 44. Label = 1 inside A, else 2 inside any other person, else 0.
+# Column 3 (original x 1) holds no ROI person but the 2x4 px person 14 (y 4..7 -> input rows 24..31:
+# rows 26, 30) and the crowd region 12 (y 10..15 -> input rows 36..47: rows 37, 41, 44), both class 2;
+# the bicycle 13 (y 8..9 -> row 33) is not a person: background.
 ROI_A = np.array([1.6, 17.6, 30.4, 46.4], np.float32)
 TARGET_A = np.array(
     [
-        [0, 0, 0, 0, 0, 0, 0, 0],  # row 19: above both
+        [0, 0, 0, 0, 0, 0, 0, 0],  # row 19: above everyone
         [0, 1, 1, 1, 1, 1, 1, 0],  # row 23: A only (B starts at 24); column 3 and 28 are outside A
-        [0, 1, 1, 1, 1, 1, 1, 2],  # rows 26..41: column 28 is in B only
-        [0, 1, 1, 1, 1, 1, 1, 2],
-        [0, 1, 1, 1, 1, 1, 1, 2],
-        [0, 1, 1, 1, 1, 1, 1, 2],
-        [0, 1, 1, 1, 1, 1, 1, 2],
-        [0, 0, 0, 0, 0, 2, 2, 2],  # row 44: below A, B at columns 21, 25, 28
+        [2, 1, 1, 1, 1, 1, 1, 2],  # rows 26, 30: person 14 at column 3, B only at column 28
+        [2, 1, 1, 1, 1, 1, 1, 2],
+        [0, 1, 1, 1, 1, 1, 1, 2],  # row 33: the bicycle at column 3 stays background
+        [2, 1, 1, 1, 1, 1, 1, 2],  # rows 37, 41: the crowd region at column 3
+        [2, 1, 1, 1, 1, 1, 1, 2],
+        [2, 0, 0, 0, 0, 2, 2, 2],  # row 44: below A; crowd at column 3, B at columns 21, 25, 28
     ]
 )
+OTHER_PEOPLE_1 = np.zeros((64, 64), bool)  # image 1's people without a ROI, letterboxed (scale 2, pad 16)
+OTHER_PEOPLE_1[24:32, 0:4] = True  # person 14
+OTHER_PEOPLE_1[36:48, 0:4] = True  # crowd 12
 # ROI B = (20, 24, 44, 48) padded -> (17.6, 21.6, 46.4, 50.4): columns 19, 23, 26, 30, 33, 37, 41, 44,
 # rows 23, 27, 30, 34, 37, 41, 45, 48.
 ROI_B = np.array([17.6, 21.6, 46.4, 50.4], np.float32)
@@ -78,27 +84,62 @@ def test_targets_match_the_hand_computation(coco_dir: Path) -> None:
     assert len(dataset) == 2 and dataset.image_ids == [1, 3]  # image 2 has no person: left out
     sample = dataset[0]
     assert sample.image.shape == (3, 64, 64) and sample.image.dtype == torch.uint8
-    assert sample.ann_ids == [10, 11]  # crowd (12), bicycle (13) and the 2x4 px person (14) are dropped
+    assert sample.ann_ids == [10, 11]  # crowd (12), bicycle (13) and the 2x4 px person (14) get no ROI
     np.testing.assert_allclose(sample.rois.numpy(), np.stack([ROI_A, ROI_B]), atol=1e-5)
     assert sample.targets.dtype == torch.int64
     np.testing.assert_array_equal(sample.targets[0].numpy(), TARGET_A)
     np.testing.assert_array_equal(sample.targets[1].numpy(), TARGET_B)
 
 
-def test_small_instances_become_other_persons_when_kept(coco_dir: Path) -> None:
-    # min_instance_size 2 keeps the 2x4 px person 14 (x 0..1, y 4..7 -> column 3, rows 26 and 30 of ROI A);
-    # the crowd region (rows 37, 41) and the bicycle (row 33) stay background.
+def test_small_people_and_crowd_regions_are_other_persons_without_a_roi(coco_dir: Path) -> None:
+    dataset = _dataset(coco_dir)
+    np.testing.assert_array_equal(dataset.other_people_mask(0), OTHER_PEOPLE_1)  # pixel by pixel
+    assert not dataset.other_people_mask(1).any()  # image 3 has no other person
+    assert dataset.instance_masks(0).shape == (2, 64, 64)
+    np.testing.assert_array_equal(dataset.targets(0)[0], TARGET_A)
+
+
+def test_min_instance_size_only_chooses_who_gets_a_roi(coco_dir: Path) -> None:
+    # min_instance_size 2 gives the 2x4 px person 14 a ROI; in ROI A it is class 2 either way.
     sample = _dataset(coco_dir, min_instance_size=2)[0]
     assert sample.ann_ids == [10, 11, 14]
-    expected = TARGET_A.copy()
-    expected[2:4, 0] = 2
-    np.testing.assert_array_equal(sample.targets[0].numpy(), expected)
+    np.testing.assert_array_equal(sample.targets[0].numpy(), TARGET_A)
+    np.testing.assert_array_equal(sample.targets[1].numpy(), TARGET_B)
+
+
+def _uncompressed_rle(mask: np.ndarray) -> dict:
+    """COCO's crowd format: run lengths of the column-major pixels, starting with a run of zeros."""
+    flat = mask.flatten(order="F").astype(np.int8)
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], flat, [1 - flat[-1]]])))
+    counts = np.diff(np.concatenate([[0], edges])).tolist()
+    return {"size": list(mask.shape), "counts": counts}
+
+
+def test_crowd_regions_given_as_rle_are_other_persons(coco_dir: Path) -> None:
+    data = json.loads(FIXTURE.read_text())
+    crowd = np.zeros((16, 32), bool)
+    crowd[10:16, 0:2] = True
+    (ann,) = [a for a in data["annotations"] if a["id"] == 12]
+    ann["segmentation"] = _uncompressed_rle(crowd)  # what real COCO crowd annotations look like
+    (coco_dir / "annotations.json").write_text(json.dumps(data))
+    dataset = _dataset(coco_dir)
+    np.testing.assert_array_equal(dataset.coco.annToMask(dataset.coco.anns[12]) > 0, crowd)
+    np.testing.assert_array_equal(dataset.other_people_mask(0), OTHER_PEOPLE_1)
+    np.testing.assert_array_equal(dataset[0].targets[0].numpy(), TARGET_A)
 
 
 def test_roi_cap_keeps_other_person_pixels_from_all_instances(coco_dir: Path) -> None:
     sample = _dataset(coco_dir, max_rois_per_image=1)[0]
     assert sample.ann_ids == [10] and sample.rois.shape == (1, 4)
-    np.testing.assert_array_equal(sample.targets[0].numpy(), TARGET_A)  # B is still class 2
+    np.testing.assert_array_equal(sample.targets[0].numpy(), TARGET_A)  # B, 14 and the crowd are still 2
+
+
+def test_other_persons_survive_augmentation(coco_dir: Path) -> None:
+    # A horizontal flip of the 64 px input mirrors ROI A (x -> 64 - x) and its targets' columns.
+    sample = _dataset(coco_dir, augment=AugmentConfig(hflip_prob=1.0))[0]
+    assert sample.augment is not None and sample.augment.hflip
+    np.testing.assert_allclose(sample.rois[0].numpy(), [64 - 30.4, 17.6, 64 - 1.6, 46.4], atol=1e-5)
+    np.testing.assert_array_equal(sample.targets[0].numpy(), TARGET_A[:, ::-1])
 
 
 def test_compressed_rle_and_area_downscale(coco_dir: Path) -> None:
@@ -162,6 +203,36 @@ def test_identity_tracks_annotations_and_images_not_targets(coco_dir: Path) -> N
     data["annotations"][0]["segmentation"] = [[2, 2, 13, 2, 13, 14, 2, 14]]
     (coco_dir / "annotations.json").write_text(json.dumps(data))
     assert _dataset(coco_dir).identity() != base
+
+
+def test_target_key_names_every_setting_that_changes_targets(coco_dir: Path) -> None:
+    base = _dataset(coco_dir).target_key()
+    assert base == _dataset(coco_dir).target_key()  # same settings, same key
+    assert json.loads(json.dumps(base)) == base  # JSON-serialisable, for cache file names
+    assert base["targets_version"] == TARGETS_VERSION
+    changes = {
+        "input_size": 128,
+        "mask_size": 16,
+        "roi_padding": 0.3,
+        "min_instance_size": 2,
+        "max_rois_per_image": 1,
+    }
+    for name, value in changes.items():
+        key = _dataset(coco_dir, **{name: value}).target_key()
+        assert key != base, name
+        assert key[name] == value
+    # Not augmentation, its seed, the mask cache or where the images live: targets() never sees them.
+    same = _dataset(coco_dir, augment=AugmentConfig(hflip_prob=1.0), seed=5, mask_cache_mb=0).target_key()
+    assert same == base
+    shutil.copytree(coco_dir / "images", coco_dir / "elsewhere")
+    moved = PersonRoiDataset(
+        coco_dir / "annotations.json", coco_dir / "elsewhere", input_size=64, mask_size=8, min_instance_size=8
+    )
+    assert moved.target_key() == base
+    data = json.loads((coco_dir / "annotations.json").read_text())
+    data["annotations"][0]["segmentation"] = [[2, 2, 13, 2, 13, 14, 2, 14]]
+    (coco_dir / "annotations.json").write_text(json.dumps(data))
+    assert _dataset(coco_dir).target_key() != base
 
 
 def test_missing_image_names_path_and_id(coco_dir: Path) -> None:

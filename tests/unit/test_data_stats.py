@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import shutil
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 
 from edgeseg.data.augment import AugmentConfig
 from edgeseg.data.dataset import PersonRoiDataset
-from edgeseg.data.stats import log_class_weights, pixel_statistics
+from edgeseg.data.stats import log_class_weights, pixel_statistics, statistics_key
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "coco_people.json"
 
@@ -27,7 +28,7 @@ def _fixture_dataset(root: Path, **kwargs) -> PersonRoiDataset:
             "wide.png": (128, 64),
         }.items():
             cv2.imwrite(str(root / "images" / name), np.zeros((h, w, 3), np.uint8))
-    options = dict(input_size=64, mask_size=8, min_instance_size=8, **kwargs)
+    options = {"input_size": 64, "mask_size": 8, "min_instance_size": 8, **kwargs}
     return PersonRoiDataset(root / "annotations.json", root / "images", **options)
 
 
@@ -48,11 +49,12 @@ def test_log_weights_by_hand_and_validation() -> None:
 def test_pixel_statistics_count_the_hand_made_targets(tmp_path: Path) -> None:
     dataset = _fixture_dataset(tmp_path)
     stats = pixel_statistics(dataset)
-    # hand counts (matrices in test_data_dataset.py): ROI A has 36 target and 5 + 3 other pixels, ROI B
+    # hand counts (matrices in test_data_dataset.py): ROI A has 36 target and 5 + 3 other pixels from B
+    # plus 5 from the small person 14 and the crowd region (people without a ROI are "other" too), ROI B
     # 36 target and 3 + 5 other. Person C (input x 10..29, y 21..40) has ROI (8, 19, 32, 43): 3 px bins,
     # columns 9, 12, ..., 30 and rows 20, 23, ..., 41, so the 6 x 6 middle bins are target: 36.
     assert stats["rois"] == 3 and stats["images"] == 2
-    assert stats["pixel_counts"] == {"background": 3 * 64 - 108 - 16, "target": 108, "other": 16}
+    assert stats["pixel_counts"] == {"background": 3 * 64 - 108 - 21, "target": 108, "other": 21}
     assert sum(stats["ratios"]) == pytest.approx(1.0)
     assert stats["ratios"][1] == pytest.approx(108 / 192)
 
@@ -63,3 +65,34 @@ def test_pixel_statistics_ignore_augmentation(tmp_path: Path) -> None:
         tmp_path, augment=AugmentConfig(hflip_prob=1.0, scale_jitter=0.5, color_jitter=0.5)
     )
     assert pixel_statistics(augmented) == pixel_statistics(plain)
+
+
+class _FirstImages:
+    """Like ``engine.prepare.LimitedDataset``: the first ``limit`` images, everything else passed through."""
+
+    def __init__(self, dataset: PersonRoiDataset, limit: int) -> None:
+        self.dataset, self.limit = dataset, limit
+
+    def __len__(self) -> int:
+        return self.limit
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.dataset, name)
+
+
+def test_statistics_key_changes_whenever_the_statistics_can(tmp_path: Path) -> None:
+    base = _fixture_dataset(tmp_path)
+    key = statistics_key(base)
+    assert key == statistics_key(_fixture_dataset(tmp_path))
+    # min_instance_size 2 gives person 14 a ROI: other statistics, so another key (the old cache key,
+    # identity + mask size + padding + ROI cap, reused the statistics of min_instance_size 8).
+    small = _fixture_dataset(tmp_path, min_instance_size=2)
+    assert pixel_statistics(small)["rois"] == 4 and pixel_statistics(small) != pixel_statistics(base)
+    assert statistics_key(small) != key
+    assert statistics_key(_fixture_dataset(tmp_path, max_rois_per_image=1)) != key
+    # Statistics never see augmentation, so it shares the key (and the statistics, tested above).
+    assert statistics_key(_fixture_dataset(tmp_path, augment=AugmentConfig(hflip_prob=1.0))) == key
+    first = _FirstImages(base, 1)
+    assert pixel_statistics(first)["images"] == 1 and statistics_key(first) != key
+    with pytest.raises(TypeError, match="target_key"):
+        statistics_key([np.zeros((1, 8, 8), np.int64)])

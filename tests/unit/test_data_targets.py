@@ -81,3 +81,22 @@ def test_roi_targets_validate_shapes() -> None:
         roi_targets(masks, np.zeros((1, 4), np.float32), np.array([2]), 4)
     with pytest.raises(ValueError, match=r"\[K,S,S\]"):
         roi_targets(np.zeros((8, 8), bool), np.zeros((1, 4), np.float32), np.array([0]), 4)
+
+
+def test_people_without_a_roi_paint_other_through_a_union_mask() -> None:
+    # Row 2 is the union of two people without a ROI (a small one and a crowd region) as the data set
+    # passes it: class 2 wherever it is set, except where the target person is (the target wins).
+    masks = _rect_masks([(0, 0, 4, 8), (4, 0, 8, 8)], 8)
+    others = np.zeros((1, 8, 8), bool)
+    others[0, 0:2, 6:8] = True  # small person, inside person 1
+    others[0, 6:8, 2:6] = True  # crowd region, half on the target
+    targets = roi_targets(np.concatenate([masks, others]), np.array([[0, 0, 8, 8]], np.float32), [0], 8)[0]
+    expected = np.zeros((8, 8), np.int64)
+    expected[:, 0:4] = 1  # the target wins over the half of the crowd region on it
+    expected[:, 4:8] = 2  # person 1, the small person on it and the other half of the crowd region
+    np.testing.assert_array_equal(targets, expected)
+    # From person 1's point of view person 0 is "other"; person 1 wins over the small person on it.
+    expected_1 = np.zeros((8, 8), np.int64)
+    expected_1[:, 0:4], expected_1[:, 4:8] = 2, 1
+    roi = np.array([[0, 0, 8, 8]], np.float32)
+    np.testing.assert_array_equal(roi_targets(np.concatenate([masks, others]), roi, [1], 8)[0], expected_1)

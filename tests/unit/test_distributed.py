@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import free_port
 
-from edgeseg.engine import World, make_loader
+from edgeseg.engine.loop import World, make_loader
 from edgeseg.metrics import MetricAccumulator
-from edgeseg.ui import free_port
 
 
 class IndexDataset(torch.utils.data.Dataset):

@@ -96,8 +96,13 @@ ROIS = np.array(
     dtype=np.float32,
 )
 
-# Every decoder and every fusion once (paired up), with variable ROI sizes and the RGB branch on.
-EXPORT_CASES = list(zip(list_components()["decoder"], list_components()["fusion"], strict=True))
+# Every decoder and every fusion at least once (the shorter list cycles, so a new component of either
+# kind adds a case instead of breaking collection), with variable ROI sizes and the RGB branch on.
+_DECODERS, _FUSIONS = list_components()["decoder"], list_components()["fusion"]
+EXPORT_CASES = [
+    (_DECODERS[i % len(_DECODERS)], _FUSIONS[i % len(_FUSIONS)])
+    for i in range(max(len(_DECODERS), len(_FUSIONS)))
+]
 
 
 @pytest.mark.parametrize(("decoder", "fusion"), EXPORT_CASES)

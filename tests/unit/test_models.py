@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from edgeseg.complexity import count_flops, count_parameters
-from edgeseg.config import DECODERS as CONFIG_DECODERS
-from edgeseg.config import FUSIONS as CONFIG_FUSIONS
+from edgeseg.config import DECODER_NAMES as CONFIG_DECODERS
+from edgeseg.config import FUSION_NAMES as CONFIG_FUSIONS
 from edgeseg.config import ModelConfig
-from edgeseg.models import build_head, list_components, variant_flags, variant_summary
+from edgeseg.models import build_head, list_components
 from edgeseg.models.blocks import LayerNorm2d, ResidualBlock
 from edgeseg.models.decoders import upsample_steps
 from edgeseg.models.fusion import FpnFusion, SingleLayer
@@ -293,18 +293,3 @@ def test_layernorm2d_is_groupnorm_with_one_group():
     torch.testing.assert_close(norm(x), reference(x))
     # Per-sample statistics: a sample's output does not depend on the others in the batch.
     torch.testing.assert_close(norm(x[:1]), norm(x)[:1])
-
-
-def test_variant_summary_reports_params_and_flags():
-    cfg = config_for("hierarchical", fusion="fpn", variable=True, rgb=True)
-    summary = variant_summary(cfg, LAYERS)
-    torch.manual_seed(0)
-    assert summary["params"] == sum(p.numel() for p in build_head(cfg, LAYERS).parameters())
-    assert summary["flags"] == {"multiscale": True, "fusion": "fpn", "variable_roi": True, "rgb": True,
-                                "cascade": False, "decoder": "hierarchical", "num_layers": 3}  # fmt: skip
-    with_flops = variant_summary(cfg, LAYERS, input_size=INPUT_SIZE)
-    assert (
-        with_flops["gflops_per_roi"] > 0 and with_flops["gflops_per_image"] > 0
-    )  # RGB encoder runs per image
-    single = variant_flags(config_for("plain", layers=("l8",)))
-    assert single["multiscale"] is False and single["fusion"] == "none" and single["variable_roi"] is False

@@ -42,7 +42,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from edgeseg.workflows import variant_table
+    from edgeseg.catalog import variant_table
 
     for row in variant_table(input_size=args.input_size, channels=args.channels):
         print(json.dumps(row) if args.json else f"{row['preset']:34s} params={row['params']:>11,d}  "
@@ -51,7 +51,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from edgeseg.workflows import train
+    from edgeseg.engine.fit import train
 
     result = train(_load(args), run_dir=args.run_dir, resume_from=args.resume)
     print(
@@ -61,7 +61,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from edgeseg.workflows import validate_checkpoint
+    from edgeseg.evaluation import validate_checkpoint
 
     report = validate_checkpoint(
         args.checkpoint, out_dir=args.out, data_root=args.data, overlays=args.overlays
@@ -72,7 +72,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from edgeseg.pipeline import export_checkpoint
+    from edgeseg.export import export_checkpoint
 
     result = export_checkpoint(
         args.checkpoint, args.out, merge_backbone=args.merge_backbone, tolerance=args.tolerance
@@ -87,31 +87,34 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from edgeseg.report.ablation import ablation, to_markdown
-    from edgeseg.search.artifacts import locate_search
+    from edgeseg.report.ablation import build_report, publish, to_markdown, write_csvs
+    from edgeseg.report.html import render_html
+    from edgeseg.search.artifacts import locate_search, search_expected_trials
 
     uri, experiment, search_id = locate_search(args.name, args.storage, args.tracking_uri)
-    result = ablation(
-        experiment, uri, None if args.all_searches else search_id, include_pruned=args.include_pruned
-    )
-    print(to_markdown(result, top=args.top))
+    analysis = build_report(experiment, uri, search_id, metric=args.metric, rope=args.rope,
+                            expected=search_expected_trials(args.name, args.storage))  # fmt: skip
+    print(to_markdown(analysis, top=args.top))
     if args.csv:
-        result.trials.to_csv(args.csv, index=False)
-        print(f"\ntrials: {args.csv}")
+        print(f"\nCSV tables: {', '.join(str(p) for p in write_csvs(analysis, args.csv))}")
+    if args.html:
+        print(f"HTML report: {render_html(analysis, args.html)}")
+    if not args.no_publish and publish(analysis, uri, experiment):
+        print("logged to the search's parent run in MLflow (artifacts report/, description)")
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from edgeseg.demo import run_demo
+    from edgeseg.cli.demo import run_demo
 
     return run_demo()
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from edgeseg import ui
-    from edgeseg.backbone import commands as backbone_commands
-    from edgeseg.data import commands as data_commands
-    from edgeseg.search import commands as search_commands
+    from edgeseg.cli import backbone as backbone_commands
+    from edgeseg.cli import data as data_commands
+    from edgeseg.cli import search as search_commands
+    from edgeseg.cli import ui as ui_commands
 
     parser = argparse.ArgumentParser(prog="edgeseg", description=__doc__)
     parser.add_argument("--version", action="version", version=f"edgeseg {__version__}")
@@ -155,16 +158,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=float, default=1e-3)
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("report", help="a search's trial table and per-feature effects, from MLflow")
+    p = sub.add_parser(
+        "report", help="which feature is worth its cost: effects with 95 % intervals, verdicts, Pareto, HTML"
+    )
     p.add_argument("name", help="the search name")
     p.add_argument("--storage", default=None)
     p.add_argument("--tracking-uri", default=None)
-    p.add_argument("--include-pruned", action="store_true", help="count pruned (truncated) trials too")
-    p.add_argument(
-        "--all-searches", action="store_true", help="every search of that experiment, not the latest"
-    )
+    p.add_argument("--metric", default=None, help="default: the search's metric (the only one it ranks by)")
+    p.add_argument("--rope", type=float, default=0.01, help="practical-equivalence margin of an effect")
     p.add_argument("--top", type=int, default=10)
-    p.add_argument("--csv", default=None, help="also write the trial table as CSV")
+    p.add_argument("--csv", default=None, metavar="DIR", help="write every table as CSV into DIR")
+    p.add_argument("--html", default=None, metavar="FILE", help="write the self-contained HTML report")
+    p.add_argument("--no-publish", action="store_true", help="do not log the report to the parent run")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("demo", help="the smoke search end to end on this machine")
@@ -173,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_commands.register(sub)
     backbone_commands.register(sub)
     search_commands.register(sub)
-    ui.register(sub)
+    ui_commands.register(sub)
     return parser
 
 

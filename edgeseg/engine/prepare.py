@@ -8,23 +8,25 @@ already built: the synthetic data, the exported backbone and the feature caches.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import numpy as np
+from typing import Any
 
 from edgeseg import paths
+from edgeseg.backbone.cache import FeatureCache, OnTheFlyFeatures
+from edgeseg.backbone.extractor import OnnxFeatureExtractor
+from edgeseg.backbone.layer_map import resolve_layers
+from edgeseg.backbone.prepare import load_backbone
 from edgeseg.config import ExperimentConfig, ModelConfig, parse_class_weights
-
-if TYPE_CHECKING:
-    from edgeseg.models.head import RoiSegmentationHead
+from edgeseg.data.augment import AugmentConfig
+from edgeseg.data.dataset import PersonRoiDataset
+from edgeseg.data.stats import log_class_weights, pixel_statistics, statistics_key
+from edgeseg.data.synth import write_synth_dataset
+from edgeseg.files import file_lock
 
 
 @dataclass(frozen=True)
@@ -35,17 +37,6 @@ class DataFiles:
     val_images: Path
 
 
-@contextmanager
-def _file_lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def synthetic_root(config: ExperimentConfig) -> Path:
     d = config.data
     return paths.home() / "data" / f"synth-{d.synth_train_images}-{d.synth_val_images}-seed0"
@@ -53,13 +44,12 @@ def synthetic_root(config: ExperimentConfig) -> Path:
 
 def ensure_synthetic_data(config: ExperimentConfig, log=print) -> Path:
     """Generate the embedded synthetic set once (deterministic; safe under concurrent callers)."""
-    from edgeseg.data.synth import write_synth_dataset
 
     root = synthetic_root(config)
     done = root / "DONE"
     if done.exists():
         return root
-    with _file_lock(root.with_name(root.name + ".lock")):
+    with file_lock(root.with_name(root.name + ".lock")):
         if not done.exists():
             log(f"generating the synthetic people data set in {root} ...")
             summary = write_synth_dataset(
@@ -112,8 +102,6 @@ class LimitedDataset:
 
 
 def build_datasets(config: ExperimentConfig, files: DataFiles, *, mask_size: int | None = None):
-    from edgeseg.data.augment import AugmentConfig
-    from edgeseg.data.dataset import PersonRoiDataset
 
     d = config.data
     augment = AugmentConfig(hflip_prob=d.hflip_prob, scale_jitter=d.scale_jitter, color_jitter=d.color_jitter)
@@ -139,7 +127,6 @@ def build_datasets(config: ExperimentConfig, files: DataFiles, *, mask_size: int
 
 
 def backbone_spec(config: ExperimentConfig):
-    from edgeseg.backbone.prepare import load_backbone
 
     b = config.backbone
     return load_backbone(
@@ -149,7 +136,6 @@ def backbone_spec(config: ExperimentConfig):
 
 def resolve_model(config: ExperimentConfig, spec: Any) -> ModelConfig:
     """Roles (fine/mid/deep) -> this backbone's layer ids; a role the backbone lacks raises."""
-    from edgeseg.backbone.layer_map import resolve_layers
 
     m = config.model
     layers = resolve_layers(m.layers, spec)
@@ -159,8 +145,6 @@ def resolve_model(config: ExperimentConfig, spec: Any) -> ModelConfig:
 
 
 def make_extractor(config: ExperimentConfig, spec: Any, layers: Sequence[str]):
-    from edgeseg.backbone.extractor import OnnxFeatureExtractor
-
     return OnnxFeatureExtractor(
         spec, layers=list(layers), providers=tuple(config.backbone.providers),
         intra_op_threads=config.backbone.threads,
@@ -169,7 +153,6 @@ def make_extractor(config: ExperimentConfig, spec: Any, layers: Sequence[str]):
 
 def feature_source(config: ExperimentConfig, extractor: Any, dataset: Any, log=print):
     """The cache when allowed (frozen backbone, no augmentation), else on-the-fly features."""
-    from edgeseg.backbone.cache import FeatureCache, OnTheFlyFeatures
 
     d = config.data
     augmenting = d.hflip_prob > 0 or d.scale_jitter > 0 or d.color_jitter > 0
@@ -201,10 +184,8 @@ def class_weights_for(config: ExperimentConfig, train: Any, log=print) -> tuple[
     explicit = parse_class_weights(spec)
     if explicit is not None:
         return explicit
-    from edgeseg.data.stats import log_class_weights, pixel_statistics
 
-    key = f"{train.identity()}-m{config.model.mask_size}-p{config.data.roi_padding}-r{config.data.max_rois_per_image}"
-    cache = paths.subdir("stats") / f"{_digest(key)}.json"
+    cache = paths.subdir("stats") / f"{statistics_key(train)}.json"  # every setting that changes targets
     if cache.exists():
         stats = json.loads(cache.read_text())
     else:
@@ -233,104 +214,3 @@ def prepare(config: ExperimentConfig, log=print, *, build_features: bool = True)
     weights = class_weights_for(config, train, log)
     return Prepared(config, model, spec, {k: infos[k] for k in model.layers}, train, val, train_features,
                     val_features, weights)  # fmt: skip
-
-
-def build_head(model: ModelConfig, layer_infos: Mapping[str, Any]) -> RoiSegmentationHead:
-    from edgeseg.models.build import build_head as _build
-
-    return _build(model, layer_infos)
-
-
-def to_jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-@dataclass(frozen=True)
-class ExportResult:
-    onnx_path: Path
-    sidecar_path: Path
-    max_abs_diff: float
-    latency_ms: dict[str, float]
-    params_count: int
-    gflops: float
-    merged_path: Path | None = None
-
-
-def export_checkpoint(
-    checkpoint: str | Path,
-    out_dir: str | Path | None = None,
-    *,
-    merge_backbone: bool = False,
-    tolerance: float = 1e-3,
-    latency_rois: Sequence[int] = (1, 16),
-) -> ExportResult:
-    """ONNX + sidecar for a checkpoint, parity-checked in ONNX Runtime, with latency and complexity.
-
-    With ``merge_backbone`` it also writes ``model_with_backbone.onnx``: one graph taking ``image``
-    (float32 [B, 3, S, S], letterboxed RGB in 0..255; the backbone's preprocessing is inside the graph)
-    and ``rois``, returning ``masks``, for deployment. Every head merges, RGB-enhanced ones included.
-    """
-    from edgeseg import engine
-    from edgeseg.complexity import count_parameters, flops_report, latency_report
-    from edgeseg.export import export_head, merge_backbone_and_head
-
-    state = engine.load_checkpoint(checkpoint)
-    head, config, model_cfg = engine.head_from_checkpoint(state)
-    head.eval()
-    ckpt = Path(checkpoint)
-    out = Path(out_dir) if out_dir else (ckpt if ckpt.is_dir() else ckpt.parent) / "onnx"
-    out.mkdir(parents=True, exist_ok=True)
-    infos = engine.infos_from_dict(state["layer_infos"])
-    ordered = {k: infos[k] for k in head.layer_ids}
-    input_size = config.data.input_size
-    flops = flops_report(head, ordered, input_size)
-    params = count_parameters(head)
-    backbone = state.get("backbone", {})
-    report = export_head(
-        head, ordered, input_size, out / "model.onnx",
-        config_dict=config.to_dict(), metrics=to_jsonable(state.get("metrics", {})),
-        extra={
-            "backbone": to_jsonable(backbone),
-            "preprocessing": to_jsonable(backbone.get("preprocessing", {})),
-            "epoch": int(state["epoch"]),
-            "config_hash": state.get("config_hash", config.hash()),
-            "params_count": params,
-            "gflops_per_roi": flops["gflops_per_roi"],
-            "gflops_per_image": flops["gflops_per_image"],
-        },
-        tolerance=tolerance,
-    )  # fmt: skip
-    latency = latency_report(
-        head, ordered, input_size, onnx_path=report.onnx_path, num_rois=tuple(latency_rois)
-    )
-    merged = None
-    if merge_backbone:
-        onnx_file = backbone.get("onnx_path")
-        if not onnx_file or not Path(onnx_file).exists():
-            raise FileNotFoundError(
-                f"checkpoint {checkpoint}: backbone ONNX {onnx_file!r} is not on this machine"
-            )
-        names = {k: backbone["layers"][k]["output_name"] for k in head.layer_ids}
-        from edgeseg.backbone.layer_map import Preprocessing
-
-        recorded = backbone.get("preprocessing")
-        prep = Preprocessing.from_dict(recorded) if recorded else Preprocessing()
-        merged = merge_backbone_and_head(onnx_file, names, report.onnx_path, out / "model_with_backbone.onnx",
-                                         preprocessing=prep)  # fmt: skip
-    return ExportResult(
-        report.onnx_path,
-        report.sidecar_path,
-        report.max_abs_diff,
-        latency,
-        params,
-        flops["gflops_per_roi"],
-        merged,
-    )

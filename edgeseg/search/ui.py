@@ -15,7 +15,6 @@ run with uvicorn, the only server where MLflow applies it.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib.util
 import ipaddress
@@ -219,6 +218,31 @@ def _wait_for_health(server: UiServer, timeout: float) -> None:
         time.sleep(0.25)
 
 
+def _checked_port(host: str, port: int, auth: bool, insecure: bool, workers: int) -> int:
+    """Refuse an unsafe or impossible server before starting it; the port to use (0: a free one)."""
+    if not is_loopback(host) and not auth and not insecure:
+        raise UiError(
+            f"refusing to serve the MLflow UI on {host}: anyone who can reach a non-loopback address could "
+            "read, change and delete every run and artifact. Set MLFLOW_AUTH_ADMIN_PASSWORD to turn on basic "
+            "auth (needs `pip install 'mlflow[auth]'`, and TLS in front), pass --insecure on a trusted network, "
+            "or keep the default 127.0.0.1 and use an SSH tunnel (ssh -L 5000:127.0.0.1:5000 HOST)."
+        )
+    if auth and importlib.util.find_spec("flask_wtf") is None:
+        raise UiError(
+            "MLFLOW_AUTH_ADMIN_PASSWORD is set, so the server would run with basic auth, but Flask-WTF is "
+            "missing: pip install 'mlflow[auth]'"
+        )
+    if workers < 1:
+        raise UiError(f"workers must be >= 1, got {workers}")
+    if port == 0:
+        port = free_port(host)
+    elif not 0 < port < 65536:
+        raise UiError(f"port must be in 1..65535 (or 0 for a free one), got {port}")
+    _check_port_free(host, port)
+
+    return port
+
+
 def serve_ui(
     tracking_uri: str | None = None,
     host: str = DEFAULT_HOST,
@@ -241,26 +265,7 @@ def serve_ui(
     uri = tracking_uri or default_tracking_uri()
     _check_store_uri(uri)
     auth = basic_auth_configured()
-    if not is_loopback(host) and not auth and not insecure:
-        raise UiError(
-            f"refusing to serve the MLflow UI on {host}: anyone who can reach a non-loopback address could "
-            "read, change and delete every run and artifact. Set MLFLOW_AUTH_ADMIN_PASSWORD to turn on basic "
-            "auth (needs `pip install 'mlflow[auth]'`, and TLS in front), pass --insecure on a trusted network, "
-            "or keep the default 127.0.0.1 and use an SSH tunnel (ssh -L 5000:127.0.0.1:5000 HOST)."
-        )
-    if auth and importlib.util.find_spec("flask_wtf") is None:
-        raise UiError(
-            "MLFLOW_AUTH_ADMIN_PASSWORD is set, so the server would run with basic auth, but Flask-WTF is "
-            "missing: pip install 'mlflow[auth]'"
-        )
-    if workers < 1:
-        raise UiError(f"workers must be >= 1, got {workers}")
-    if port == 0:
-        port = free_port(host)
-    elif not 0 < port < 65536:
-        raise UiError(f"port must be in 1..65535 (or 0 for a free one), got {port}")
-    _check_port_free(host, port)
-
+    port = _checked_port(host, port, auth, insecure, workers)
     artifacts_destination = artifacts or str(default_artifacts_dir())
     home = mlflow_home()
     log_path = home / f"ui-server-{port}.log"
@@ -310,60 +315,3 @@ def serve_ui(
     if block:
         server.wait()
     return server
-
-
-def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # so `kill PID` stops the server's process group too, not only Ctrl-C
-
-
-def cmd_ui(args: argparse.Namespace) -> int:
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    try:
-        server = serve_ui(
-            args.tracking_uri,
-            host=args.host,
-            port=args.port,
-            artifacts=args.artifacts,
-            block=False,
-            insecure=args.insecure,
-        )
-    except UiError as exc:
-        print(f"edgeseg ui: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    auth = "basic auth" if server.basic_auth else "no auth"
-    print(f"MLflow UI: {server.url}  (store: {server.tracking_uri}; {auth}; Ctrl-C to stop)", flush=True)
-    code = server.wait()
-    if code != 0:
-        print(f"edgeseg ui: mlflow server exited with code {code}:\n{server.log_tail()}", file=sys.stderr)
-    return code
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``edgeseg ui``."""
-    p = subparsers.add_parser(
-        "ui",
-        help="serve the MLflow UI over the search store (127.0.0.1 by default)",
-        description="Start the MLflow tracking server and UI over the store that `edgeseg search` writes to, "
-        "print its URL and run until Ctrl-C.",
-    )
-    p.add_argument("--host", default=DEFAULT_HOST, help="interface to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default 5000; 0 = a free port)")
-    p.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="backend store, e.g. sqlite:////abs/mlflow.db or postgresql://... "
-        "(default: $MLFLOW_TRACKING_URI, else $EDGESEG_HOME/mlflow/mlflow.db)",
-    )
-    p.add_argument(
-        "--artifacts",
-        default=None,
-        help="artifact destination folder or s3:// URI (default $EDGESEG_HOME/mlflow/artifacts)",
-    )
-    p.add_argument(
-        "--insecure",
-        action="store_true",
-        help="allow a non-loopback --host without basic auth (trusted networks only)",
-    )
-    p.set_defaults(func=cmd_ui)

@@ -8,14 +8,16 @@ fetched best ONNX and how to open the MLflow UI.
 from __future__ import annotations
 
 import os
+from importlib.resources import files
 from pathlib import Path
 
-SMOKE = Path(__file__).resolve().parents[1] / "searches" / "smoke.yaml"
+SMOKE = Path(str(files("edgeseg") / "searches" / "smoke.yaml"))  # package data: works from a wheel
 
 
 def run_demo(spec_path: str | Path = SMOKE) -> int:
     from edgeseg import paths
-    from edgeseg.report.ablation import ablation, to_markdown
+    from edgeseg.report.ablation import build_report, completeness_line, effects_markdown, publish
+    from edgeseg.report.html import render_html
     from edgeseg.search.artifacts import fetch_best
     from edgeseg.search.control import format_status, search_status
     from edgeseg.search.spec import load_spec
@@ -30,14 +32,12 @@ def run_demo(spec_path: str | Path = SMOKE) -> int:
         f"{outcome.pruned} pruned by ASHA, {outcome.errored} errored, {outcome.epochs_trained} epochs trained"
     )
     print("\n" + format_status(search_status(spec.name, storage=str(spec.storage))))
-    print(
-        "\n"
-        + to_markdown(
-            ablation(
-                spec.experiment_name, str(spec.mlflow.tracking_uri), outcome.search_id, include_pruned=True
-            )
-        )
-    )
+    analysis = build_report(spec.experiment_name, str(spec.mlflow.tracking_uri), outcome.search_id,
+                            expected=outcome.trials)  # fmt: skip
+    html = render_html(analysis, paths.subdir("demo") / "report.html")
+    publish(analysis, str(spec.mlflow.tracking_uri), spec.experiment_name)
+    print(f"\nAblation report: {completeness_line(analysis)}\n{analysis.method}")
+    print("\n".join(["", *effects_markdown(analysis), "", f"HTML report: {html}"]))
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bar mid-summary
     out = paths.subdir("demo") / "best.onnx"
     best = fetch_best(spec.name, out=out, storage=str(spec.storage))

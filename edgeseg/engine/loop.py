@@ -15,13 +15,9 @@ metrics. Checkpoints hold the unwrapped head and resume on any world size.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
-import shutil
-import time
-import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,11 +26,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-import edgeseg
-from edgeseg import pipeline
-from edgeseg.config import ExperimentConfig, ModelConfig, config_from_dict
-
-CHECKPOINT_FILE = "checkpoint.pt"
+from edgeseg.config import ExperimentConfig
+from edgeseg.data.dataset import collate_roi_samples
+from edgeseg.losses import LossSpec, compute_loss
+from edgeseg.metrics import MetricAccumulator
 
 
 class Reporter(Protocol):
@@ -43,15 +38,6 @@ class Reporter(Protocol):
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the message says where, and the last good checkpoint stays."""
-
-
-@dataclass(frozen=True)
-class FitResult:
-    run_dir: Path
-    best_checkpoint: Path
-    last_checkpoint: Path
-    best_metrics: dict[str, float]
-    history: list[dict[str, float]]
 
 
 @dataclass(frozen=True)
@@ -132,7 +118,6 @@ def seed_everything(seed: int) -> None:
 
 def loss_spec(config: ExperimentConfig):
     """The one translation of ``LossConfig`` into the pure loss functions' ``LossSpec``."""
-    from edgeseg.losses import LossSpec
 
     c = config.loss
     hierarchical = config.model.decoder == "hierarchical"
@@ -177,8 +162,6 @@ def make_loader(
     the shards are disjoint and cover the data set exactly once.
     """
     from torch.utils.data import DistributedSampler, Subset
-
-    from edgeseg.data.dataset import collate_roi_samples
 
     if hasattr(dataset, "set_epoch"):
         dataset.set_epoch(epoch)
@@ -251,7 +234,6 @@ def train_one_epoch(
     grad_clip: float,
     amp: bool,
 ) -> dict[str, float]:
-    from edgeseg.losses import compute_loss
 
     world = World.current()
     head.train()
@@ -302,8 +284,6 @@ def evaluate(
 ) -> dict[str, float]:
     """Metrics over ``loader``; under ``torch.distributed`` each rank passes its own shard and the
     counts are summed over ranks, so every rank returns the metrics of the whole data set."""
-    from edgeseg.losses import compute_loss
-    from edgeseg.metrics import MetricAccumulator
 
     head.eval()
     metrics = MetricAccumulator()
@@ -333,226 +313,6 @@ def evaluate(
 # ----------------------------------------------------------------------------------------------
 
 
-def _infos_to_dict(infos: Mapping[str, Any]) -> dict[str, dict[str, int]]:
-    return {
-        k: {f: int(getattr(v, f)) for f in ("channels", "stride", "height", "width") if hasattr(v, f)}
-        for k, v in infos.items()
-    }
-
-
-def infos_from_dict(data: Mapping[str, Mapping[str, int]]) -> dict[str, Any]:
-    return {k: types.SimpleNamespace(**v) for k, v in data.items()}
-
-
-def save_checkpoint(directory: Path, state: dict[str, Any]) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / (CHECKPOINT_FILE + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(directory / CHECKPOINT_FILE)
-    return directory
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint file or directory; errors name the path."""
-    path = Path(path)
-    file = path / CHECKPOINT_FILE if path.is_dir() else path
-    if not file.exists():
-        raise FileNotFoundError(f"checkpoint {file} does not exist")
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises several types for a damaged file
-        raise ValueError(f"checkpoint {file} cannot be read: {exc}") from exc
-    for key in ("model", "config", "model_config", "layer_infos", "epoch"):
-        if key not in state:
-            raise ValueError(f"checkpoint {file} has no {key!r}; it was not written by edgeseg")
-    return state
-
-
-def head_from_checkpoint(state: Mapping[str, Any]) -> tuple[Any, ExperimentConfig, ModelConfig]:
-    config = config_from_dict(state["config"])
-    values: dict[str, Any] = {
-        k: tuple(v) if isinstance(v, list) else v for k, v in state["model_config"].items()
-    }
-    model_cfg = ModelConfig(**values)
-    head = pipeline.build_head(model_cfg, infos_from_dict(state["layer_infos"]))
-    head.load_state_dict(state["model"])
-    return head, config, model_cfg
-
-
-def _rng_state() -> dict[str, Any]:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-
-
 # ----------------------------------------------------------------------------------------------
 # fit
 # ----------------------------------------------------------------------------------------------
-
-
-def fit(
-    config: ExperimentConfig,
-    reporter: Reporter | None = None,
-    *,
-    run_dir: str | Path,
-    resume_from: str | Path | None = None,
-    prepared: pipeline.Prepared | None = None,
-    keep_checkpoints: int = 2,
-    log: Callable[[str], None] = print,
-    device: torch.device | None = None,
-) -> FitResult:
-    """Train one configuration; checkpoint and report after every epoch; resume exactly.
-
-    ``device`` overrides ``train.device`` (a Ray Train worker passes the GPU Ray gave it). Inside a
-    ``torch.distributed`` group the training is data-parallel (see the module's docstring); exact
-    resume is then per epoch: the data order is the same, but not every rank's random state.
-    """
-    from edgeseg.complexity import count_parameters, flops_report
-
-    run_dir = Path(run_dir)
-    checkpoints = run_dir / "checkpoints"
-    seed_everything(config.train.seed)
-    prepared = prepared or pipeline.prepare(config, log=log)
-    device = device or select_device(config.train.device)
-    world = World.current()
-    t = config.train
-
-    head = pipeline.build_head(prepared.model, prepared.layer_infos).to(device)
-    params_count = count_parameters(head)
-    flops = flops_report(head.cpu(), prepared.layer_infos, config.data.input_size)
-    head.to(device)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-    train_loader_len = math.ceil(math.ceil(len(prepared.train) / world.size) / t.batch_size)
-    total_steps = train_loader_len * t.epochs
-    warmup = int(round(t.warmup_epochs * train_loader_len))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, warmup, t.min_lr / t.lr))
-    use_scaler = t.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
-    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-    class_weights = (
-        torch.tensor(prepared.class_weights, dtype=torch.float32, device=device)
-        if prepared.class_weights
-        else None
-    )
-    spec = loss_spec(config)
-
-    start_epoch, history, best = 1, [], {"val/miou": -1.0}
-    best_dir = checkpoints / "best"
-    if resume_from is not None:
-        state = load_checkpoint(resume_from)
-        if state["config_hash"] != config.hash():
-            raise ValueError(
-                f"checkpoint {resume_from} was trained with config {state['config_hash']}, not {config.hash()}; "
-                "resume with the same config (or start a new run)"
-            )
-        head.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"])
-        start_epoch = int(state["epoch"]) + 1
-        history = list(state.get("history", []))
-        best = dict(state.get("best_metrics", best))
-        log(f"resuming from {resume_from} at epoch {start_epoch}")
-
-    model: torch.nn.Module = head
-    if world.size > 1:  # after loading a checkpoint: DDP broadcasts rank 0's weights to all ranks
-        from torch.nn.parallel import DistributedDataParallel
-
-        model = DistributedDataParallel(head, device_ids=None if device.index is None else [device.index])
-        log(
-            f"data-parallel training: rank {world.rank} of {world.size}, {t.batch_size} images per rank and step"
-        )
-
-    last_dir = best_dir
-    for epoch in range(start_epoch, t.epochs + 1):
-        began = time.perf_counter()
-        loader = make_loader(
-            prepared.train, t.batch_size, shuffle=True, seed=t.seed, epoch=epoch, workers=t.num_workers,
-            world=world,
-        )  # fmt: skip
-        metrics: dict[str, float] = {"epoch": epoch}
-        metrics.update(
-            train_one_epoch(
-                model,
-                loader,
-                prepared.train_features,
-                optimizer,
-                scheduler,
-                scaler,
-                spec,
-                class_weights,
-                device,
-                epoch=epoch,
-                epochs=t.epochs,
-                grad_clip=t.grad_clip,
-                amp=t.amp,
-            )  # fmt: skip
-        )
-        if epoch % t.eval_every == 0 or epoch == t.epochs:
-            val_loader = make_loader(
-                prepared.val, t.batch_size, shuffle=False, seed=t.seed, epoch=0, workers=t.num_workers,
-                world=world,
-            )  # fmt: skip
-            metrics.update(evaluate(head, val_loader, prepared.val_features, spec, class_weights, device))
-        metrics["lr"] = optimizer.param_groups[0]["lr"]
-        metrics["params_count"] = float(params_count)
-        metrics["gflops"] = flops["gflops_per_roi"]
-        metrics["gflops_per_image"] = flops["gflops_per_image"]
-        metrics["epoch_seconds"] = time.perf_counter() - began
-        history.append(metrics)
-        improved = metrics.get("val/miou", -1.0) > best.get("val/miou", -1.0)
-        if improved:
-            best = dict(metrics)
-        state = {
-            "model": head.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "epoch": epoch,
-            "config": config.to_dict(),
-            "config_hash": config.hash(),
-            "model_config": dataclasses.asdict(prepared.model),
-            "layer_infos": _infos_to_dict(prepared.layer_infos),
-            "backbone": _backbone_info(prepared.spec),
-            "class_weights": prepared.class_weights,
-            "metrics": metrics,
-            "best_metrics": best,
-            "history": history,
-            "rng": _rng_state(),
-            "edgeseg_version": edgeseg.__version__,
-        }
-        last_dir = save_checkpoint(checkpoints / f"epoch_{epoch:04d}", state)
-        if improved:
-            tmp = checkpoints / "best.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(last_dir, tmp)
-            shutil.rmtree(best_dir, ignore_errors=True)
-            tmp.rename(best_dir)
-        _prune(checkpoints, keep_checkpoints)
-        if reporter is not None:
-            reporter.report(dict(metrics), last_dir)
-    return FitResult(run_dir, best_dir, last_dir, best, history)
-
-
-def _prune(checkpoints: Path, keep: int) -> None:
-    epochs = sorted(p for p in checkpoints.glob("epoch_*") if p.is_dir())
-    for old in epochs[: max(0, len(epochs) - keep)]:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _backbone_info(spec: Any) -> dict[str, Any]:
-    info: dict[str, Any] = {}
-    for key in ("onnx_path", "input_name", "input_size"):
-        if hasattr(spec, key):
-            info[key] = str(getattr(spec, key)) if key == "onnx_path" else getattr(spec, key)
-    if hasattr(spec, "preprocessing"):
-        info["preprocessing"] = dataclasses.asdict(spec.preprocessing)
-    if hasattr(spec, "layers"):
-        info["layers"] = {
-            k: {"output_name": v.output_name, "stride": v.stride} for k, v in spec.layers.items()
-        }
-    return info
