@@ -5,10 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from edgeseg.complexity import count_parameters, flops_report
-from edgeseg.config import (
-    list_presets,
-    load_config,
-)
+from edgeseg.config import list_presets, load_config
 from edgeseg.engine.prepare import backbone_spec, make_extractor, resolve_model
 from edgeseg.models import build_head
 

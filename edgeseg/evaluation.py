@@ -10,10 +10,7 @@ from typing import Any
 import torch
 
 from edgeseg.coco_eval import coco_mask_ap, roi_detections
-from edgeseg.config import (
-    ExperimentConfig,
-    apply_overrides,
-)
+from edgeseg.config import ExperimentConfig, apply_overrides
 from edgeseg.engine.checkpoint import head_from_checkpoint, load_checkpoint
 from edgeseg.engine.loop import evaluate, loss_spec, make_loader, select_device
 from edgeseg.engine.prepare import prepare

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageDraw
 
 PALETTE = np.array(
     [[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48], [145, 30, 180],
@@ -46,7 +47,6 @@ def _overlay(image: np.ndarray, owner: np.ndarray) -> np.ndarray:
 
 
 def _draw_boxes(image: Any, rois: torch.Tensor) -> None:
-    from PIL import ImageDraw
 
     draw = ImageDraw.Draw(image)
     for k in range(rois.shape[0]):
@@ -59,7 +59,6 @@ def save_overlay(
     path: Path, image_chw: torch.Tensor, rois: torch.Tensor, gt: torch.Tensor, pred: torch.Tensor
 ) -> None:
     """Ground truth (left) next to prediction (right): the target class of each ROI in its colour."""
-    from PIL import Image, ImageDraw
 
     image = image_chw.permute(1, 2, 0).numpy().astype(np.uint8)
     size = image.shape[0]

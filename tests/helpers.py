@@ -3,16 +3,31 @@
 from __future__ import annotations
 
 import multiprocessing
-import socket
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import pytest
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+from edgeseg.search.ui import free_port
+
+__all__ = ["CHROMIUM", "CHROMIUM_FLAGS", "free_port", "needs_chromium", "race_two_processes"]
+
+# Debian's headless Chromium, as the browser tests start it: no network chatter, a fresh profile each run.
+CHROMIUM = Path("/usr/bin/chromium")
+needs_chromium = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="/usr/bin/chromium is missing: run scripts/ensure-chromium.sh (CI does)"
+)
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def race_two_processes(target: Callable[..., None], args: tuple[Any, ...], timeout: float = 120) -> list[Any]:

@@ -20,6 +20,7 @@ def run_demo(spec_path: str | Path = SMOKE) -> int:
     from edgeseg.report.html import render_html
     from edgeseg.search.artifacts import fetch_best
     from edgeseg.search.control import format_status, search_status
+    from edgeseg.search.space import expected_trials
     from edgeseg.search.spec import load_spec
     from edgeseg.search.tuner import run_search
 
@@ -33,9 +34,9 @@ def run_demo(spec_path: str | Path = SMOKE) -> int:
     )
     print("\n" + format_status(search_status(spec.name, storage=str(spec.storage))))
     analysis = build_report(spec.experiment_name, str(spec.mlflow.tracking_uri), outcome.search_id,
-                            expected=outcome.trials)  # fmt: skip
+                            expected=expected_trials(spec))  # fmt: skip
     html = render_html(analysis, paths.subdir("demo") / "report.html")
-    publish(analysis, str(spec.mlflow.tracking_uri), spec.experiment_name)
+    publish(analysis, str(spec.mlflow.tracking_uri))
     print(f"\nAblation report: {completeness_line(analysis)}\n{analysis.method}")
     print("\n".join(["", *effects_markdown(analysis), "", f"HTML report: {html}"]))
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bar mid-summary

@@ -99,7 +99,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"\nCSV tables: {', '.join(str(p) for p in write_csvs(analysis, args.csv))}")
     if args.html:
         print(f"HTML report: {render_html(analysis, args.html)}")
-    if not args.no_publish and publish(analysis, uri, experiment):
+    if not args.no_publish and publish(analysis, uri):
         print("logged to the search's parent run in MLflow (artifacts report/, description)")
     return 0
 

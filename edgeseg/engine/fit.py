@@ -21,9 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 import edgeseg
 from edgeseg import paths
 from edgeseg.complexity import count_parameters, flops_report
-from edgeseg.config import (
-    ExperimentConfig,
-)
+from edgeseg.config import ExperimentConfig
 from edgeseg.engine.checkpoint import (
     layer_infos_to_dict,
     load_checkpoint,
@@ -67,6 +65,7 @@ class _Training:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     class_weights: torch.Tensor | None
+    loss: Any  # the pure loss functions' LossSpec, translated once from config.loss
     static_metrics: dict[str, float]  # params_count, gflops per ROI and per image
     start_epoch: int = 1
     history: list[dict[str, float]] = field(default_factory=list)
@@ -141,7 +140,7 @@ def _start(config: ExperimentConfig, prepared: Prepared, device: torch.device, w
         head=head, model=head, optimizer=optimizer, scheduler=scheduler,
         scaler=torch.amp.GradScaler(device.type, enabled=use_scaler),
         class_weights=torch.tensor(weights, dtype=torch.float32, device=device) if weights else None,
-        static_metrics=static,
+        loss=loss_spec(config), static_metrics=static,
     )  # fmt: skip
 
 
@@ -169,7 +168,7 @@ def _run_epoch(
     """Train one epoch, evaluate when due; the epoch's metrics, appended to the history."""
     t = config.train
     began = time.perf_counter()
-    spec = loss_spec(config)
+    spec = training.loss
     loader = make_loader(prepared.train, t.batch_size, shuffle=True, seed=t.seed, epoch=epoch,
                          workers=t.num_workers, world=world)  # fmt: skip
     metrics: dict[str, float] = {"epoch": epoch}

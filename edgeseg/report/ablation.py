@@ -64,22 +64,17 @@ def _trial_row(run: Any, factors: Sequence[str]) -> dict[str, Any]:
 def _curves(client: Any, runs: Sequence[Any], metric: str) -> pd.DataFrame:
     rows = [
         {"trial": run.data.tags.get(names.TAG_TRIAL_NAME, run.info.run_name), "epoch": point.step,
-         "value": point.value, "run_id": run.info.run_id}
+         "value": point.value}
         for run in runs
         for point in client.get_metric_history(run.info.run_id, metric)
     ]  # fmt: skip
-    return pd.DataFrame(rows, columns=["trial", "epoch", "value", "run_id"])
+    return pd.DataFrame(rows, columns=["trial", "epoch", "value"])
 
 
 def _completeness(parent: Any, trials: pd.DataFrame, expected: int | None) -> Completeness:
-    counts = trials["state"].value_counts()
+    counts = {state: int((trials["state"] == state).sum()) for state in ("finished", "pruned", "errored")}
     state = parent.data.tags.get(names.TAG_STATE, "unknown") if parent is not None else "unknown"
-    return Completeness(
-        expected=expected, finished=int(counts.get("finished", 0)), pruned=int(counts.get("pruned", 0)),
-        errored=int(counts.get("errored", 0)),
-        running=int(len(trials) - counts.get("finished", 0) - counts.get("pruned", 0) - counts.get("errored", 0)),
-        state=state,
-    )  # fmt: skip
+    return Completeness(expected=expected, **counts, running=len(trials) - sum(counts.values()), state=state)
 
 
 def build_report(
@@ -121,7 +116,12 @@ def build_report(
     labels = dict(zip(analysis.trials["trial"], analysis.trials["config"], strict=True))
     curves["config"] = curves["trial"].map(labels).fillna("")
     curves = curves[["config", "trial", "epoch", "value"]].sort_values(["config", "trial", "epoch"])
-    return replace(analysis, curves=curves.reset_index(drop=True))
+    parent_run_id = parent.info.run_id if parent is not None else None
+    return replace(
+        analysis,
+        curves=curves.reset_index(drop=True),
+        extra={**analysis.extra, "parent_run_id": parent_run_id},
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -229,16 +229,13 @@ def headline(analysis: AblationAnalysis) -> str:
     return "\n".join(lines)
 
 
-def publish(analysis: AblationAnalysis, tracking_uri: str, experiment: str) -> str | None:
-    """Log report.html and the CSVs to the search's parent run, with the headline as its description.
-    Returns the parent run id, or None when the search has no parent run."""
-    client = client_for(tracking_uri)
-    found = client.get_experiment_by_name(experiment)
-    parents = search_runs(client, found.experiment_id,
-                          {names.TAG_SEARCH_ID: analysis.search, names.TAG_ROLE: names.ROLE_SEARCH})  # fmt: skip
-    if not parents:
+def publish(analysis: AblationAnalysis, tracking_uri: str) -> str | None:
+    """Log report.html and the CSVs to the search's parent run (found by ``build_report``), with the
+    headline as its description. Returns the parent run id, or None when the search has no parent run."""
+    run_id = analysis.extra.get("parent_run_id")
+    if not run_id:
         return None
-    run_id = parents[0].info.run_id
+    client = client_for(tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / REPORT_ARTIFACTS
         render_html(analysis, folder / "report.html")

@@ -151,7 +151,7 @@ def test_incomplete_search_says_so_and_publishes_to_the_parent_run(tmp_path):
     assert completeness_line(analysis).startswith(f"6 of {4 * SEEDS} trials done")
     assert "INCOMPLETE" in completeness_line(analysis) and "INCOMPLETE" in to_markdown(analysis)
 
-    run_id = publish(analysis, spec.mlflow.tracking_uri, spec.experiment_name)
+    run_id = publish(analysis, spec.mlflow.tracking_uri)
     client = MlflowClient(spec.mlflow.tracking_uri)
     parent = client.get_run(run_id)
     assert "INCOMPLETE" in parent.data.tags["mlflow.note.content"]

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import CHROMIUM, CHROMIUM_FLAGS, needs_chromium
 from PIL import Image
 
 from edgeseg.report.analysis import (
@@ -37,21 +38,8 @@ from edgeseg.report.html import PLOT_IDS, render_html
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = Path("/usr/bin/chromium")
-needs_chromium = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="/usr/bin/chromium is missing: run scripts/ensure-chromium.sh (CI does)"
-)
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--enable-unsafe-swiftshader",  # software WebGL for the parallel-coordinates plot (a local, trusted page)
-]
+# software WebGL for the parallel-coordinates plot (a local, trusted page)
+REPORT_FLAGS = [*CHROMIUM_FLAGS, "--enable-unsafe-swiftshader"]
 WINDOW = (1400, 3000)
 WEBGL_DIAGNOSTIC = re.compile(r'\] "\[\.WebGL-[0-9a-fx]+\]GL Driver Message')
 SCREENSHOT_COPY = Path("/tmp/report_screenshot.png")
@@ -267,7 +255,7 @@ def run_chromium(
     user_data_dir = tempfile.mkdtemp(prefix="chromium-", dir=workdir)
     command = [
         str(CHROMIUM),
-        *CHROMIUM_FLAGS,
+        *REPORT_FLAGS,
         f"--user-data-dir={user_data_dir}",
         f"--window-size={WINDOW[0]},{WINDOW[1]}",
         f"--virtual-time-budget={budget_ms}",

@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 
 from edgeseg.config import (
+    FEATURE_FLAGS,
     PRESETS,
     ConfigError,
     ExperimentConfig,
@@ -104,3 +105,9 @@ def test_round_trip_through_dict() -> None:
     assert again == config
     assert again.hash() == config.hash()
     assert ExperimentConfig().flat()["model.layers"] == "deep"
+
+
+def test_feature_flags_are_exactly_the_declared_axes_for_every_preset():
+    # FEATURE_FLAGS names the MLflow tags and the report's factor columns; feature_flags() fills them.
+    for name in PRESETS:
+        assert tuple(load_config(name).feature_flags()) == FEATURE_FLAGS, name
