@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from edgeseg.config import FEATURE_FLAGS
+from edgeseg.config import FEATURE_FLAGS, ConfigError
 from edgeseg.report.analysis import AblationAnalysis, Completeness
 from edgeseg.report.effects import analyse
 from edgeseg.report.html import render_html
@@ -30,8 +30,9 @@ REPORT_ARTIFACTS = "report"  # folder of the parent run that holds report.html a
 NOTE_TAG = "mlflow.note.content"  # the run description MLflow's UI shows
 
 
-class ReportError(ValueError):
-    """The search, experiment or metric asked for does not exist; the message names it."""
+class ReportError(ConfigError):
+    """The search, experiment or metric asked for does not exist; the message names it (and the CLI
+    prints it as an error, not a traceback)."""
 
 
 def _float(value: Any) -> float:

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
+from edgeseg.cli.main import main
 from edgeseg.report.ablation import build_report, completeness_line, publish, to_markdown
 from edgeseg.search.names import EXPERIMENT_KIND_TAG
 from edgeseg.search.spec import grid_variants, spec_from_mapping
@@ -159,3 +160,15 @@ def test_incomplete_search_says_so_and_publishes_to_the_parent_run(tmp_path):
     assert {"report/report.html", "report/effects.csv", "report/trials.csv"} <= logged
     experiment = client.get_experiment_by_name(spec.experiment_name)
     assert experiment.tags[EXPERIMENT_KIND_TAG] == "custom_model_development"
+
+
+def test_report_by_a_metric_the_search_did_not_rank_is_a_clear_cli_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("EDGESEG_HOME", str(tmp_path / "home"))
+    spec = spec_for(tmp_path)
+    run_tracked_search(spec, finish=2)
+    code = main(
+        ["report", spec.name, "--tracking-uri", spec.mlflow.tracking_uri, "--metric", "val/boundary_f"]
+    )
+    assert code == 2
+    error = capsys.readouterr().err
+    assert "edgeseg: error:" in error and "'val/miou'" in error and "'val/boundary_f'" in error
