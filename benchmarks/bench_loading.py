@@ -35,8 +35,8 @@ def main() -> None:
 
     config = load_config(
         args.preset,
-        overrides={"data.input_size": args.input_size, "data.synth_train_images": args.images,
-                   "data.synth_val_images": 8, "backbone.threads": 2},
+        overrides={"data.input_size": args.input_size, "data.generated_train_images": args.images,
+                   "data.generated_val_images": 8, "backbone.threads": 2},
     )  # fmt: skip
     began = time.perf_counter()
     prepared = prepare(config, log=lambda _: None)

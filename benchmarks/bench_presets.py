@@ -100,7 +100,10 @@ def budget_overrides(preset: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def data_overrides(data: str, args: argparse.Namespace, video_root: Path | None) -> dict[str, Any]:
     if data == "synth":
-        return {"data.synth_train_images": args.train_images, "data.synth_val_images": args.val_images}
+        return {
+            "data.generated_train_images": args.train_images,
+            "data.generated_val_images": args.val_images,
+        }
     assert video_root is not None
     return {"data.root": str(video_root), "data.min_instance_size": 8}
 

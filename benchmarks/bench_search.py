@@ -29,8 +29,8 @@ from ray import tune
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
     "data.input_size": 160,
-    "data.synth_train_images": 8,
-    "data.synth_val_images": 4,
+    "data.generated_train_images": 8,
+    "data.generated_val_images": 4,
     "model.channels": 8,
     "model.mask_size": 16,
     "model.roi_size": 7,

@@ -23,6 +23,7 @@ import yaml
 
 # The classes every head predicts per ROI pixel; the metric is mIoU over the two person classes.
 CLASS_NAMES = ("background", "target", "other")
+GENERATED_DATA = ("synth", "video-people")  # data sets edgeseg can write itself (data.generated)
 NUM_CLASSES = len(CLASS_NAMES)
 # The config's vocabulary of components; ``models/registry.py`` accepts registrations of these names only.
 FUSION_NAMES = ("adaptive", "concat", "sum", "fpn")
@@ -43,7 +44,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DataConfig:
-    root: str = ""  # folder with train/ and val/ (annotations.json + images/); "" = the synthetic demo set
+    root: str = ""  # folder with train/ and val/ (annotations.json + images/); "" = a generated set (below)
     train_annotations: str = ""  # explicit COCO files override root (e.g. a person-only COCO subset)
     train_images: str = ""
     val_annotations: str = ""
@@ -59,8 +60,11 @@ class DataConfig:
     color_jitter: float = 0.0
     feature_cache: bool = True
     cache_max_gb: float = 8.0
-    synth_train_images: int = 48  # size of the synthetic set generated when root is ""
-    synth_val_images: int = 16
+    # The set generated (once, under $EDGESEG_HOME/data) when root is "": "synth" (procedural people,
+    # no download) or "video-people" (real people cut out of $EDGESEG_HOME/video/vtest.avi; `make video`).
+    generated: str = "synth"
+    generated_train_images: int = 48
+    generated_val_images: int = 16
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,7 @@ class ModelConfig:
     channels: int = 256
     mask_size: int = 56
     sampling_ratio: int = 2
+    roi_coords: bool = False  # add ROI-relative (u, v) to the fused features (models.blocks.RoiCoordinates)
 
 
 @dataclass(frozen=True)
@@ -460,7 +465,12 @@ def validate(config: ExperimentConfig) -> None:
     _check(d.cache_max_gb > 0, "data.cache_max_gb", "must be > 0")
     for key in ("max_train_images", "max_val_images"):
         _check(getattr(d, key) >= 0, f"data.{key}", "must be >= 0")
-    _check(d.synth_train_images >= 1 and d.synth_val_images >= 1, "data.synth_train_images", "must be >= 1")
+    _check(d.generated in GENERATED_DATA, "data.generated", f"must be one of {', '.join(GENERATED_DATA)}")
+    _check(
+        d.generated_train_images >= 1 and d.generated_val_images >= 1,
+        "data.generated_train_images",
+        "must be >= 1",
+    )
     explicit = [d.train_annotations, d.train_images, d.val_annotations, d.val_images]
     _check(all(explicit) or not any(explicit), "data.train_annotations",
            "train_annotations, train_images, val_annotations and val_images go together")  # fmt: skip

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from edgeseg.config import NUM_CLASSES
+from edgeseg.config import CLASS_NAMES, NUM_CLASSES
 from edgeseg.losses import distance_to_mask, label_boundaries
 
 FOREGROUND = (1, 2)
@@ -116,7 +116,9 @@ class MetricAccumulator:
     * ``miou_per_roi_nonempty``: the same pool without the empty-union entries;
     * ``boundary_f``: mean of ``boundary_f_score`` over ROI/class pairs (classes 1 and 2) that have a
       contour in the target or the prediction, with ``boundary_tolerance`` pixels of tolerance;
-    * ``pixel_accuracy``: fraction of all pixels (all classes) predicted correctly.
+    * ``pixel_accuracy``: fraction of all pixels (all classes) predicted correctly;
+    * ``pred_share_background``, ``pred_share_target``, ``pred_share_other``: fraction of all pixels
+      predicted as each class (0 for a class the head never predicts: a collapsed head).
     """
 
     def __init__(self, boundary_tolerance: float = 2.0) -> None:
@@ -184,4 +186,8 @@ class MetricAccumulator:
             "miou_per_roi_nonempty": self.nonempty_sum / self.nonempty_count if self.nonempty_count else nan,
             "boundary_f": self.boundary_sum / self.boundary_count if self.boundary_count else nan,
             "pixel_accuracy": float(intersection.sum() / c.sum()),
+            **{
+                f"pred_share_{name}": float(share)
+                for name, share in zip(CLASS_NAMES, c.sum(dim=0) / c.sum(), strict=True)
+            },
         }

@@ -31,6 +31,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
         return 130
     auth = "basic auth" if server.basic_auth else "no auth"
     print(f"MLflow UI: {server.url}  (store: {server.tracking_uri}; {auth}; Ctrl-C to stop)", flush=True)
+    for name, url in server.search_links():
+        print(f"  {name}: {url}", flush=True)
     code = server.wait()
     if code != 0:
         print(f"edgeseg ui: mlflow server exited with code {code}:\n{server.log_tail()}", file=sys.stderr)

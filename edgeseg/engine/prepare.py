@@ -26,6 +26,7 @@ from edgeseg.data.augment import AugmentConfig
 from edgeseg.data.dataset import PersonRoiDataset
 from edgeseg.data.stats import log_class_weights, pixel_statistics, statistics_key
 from edgeseg.data.synth import write_synth_dataset
+from edgeseg.data.video_people import default_video_path, write_video_people_dataset
 from edgeseg.files import file_lock
 
 
@@ -37,24 +38,34 @@ class DataFiles:
     val_images: Path
 
 
-def synthetic_root(config: ExperimentConfig) -> Path:
+def generated_root(config: ExperimentConfig) -> Path:
     d = config.data
-    return paths.home() / "data" / f"synth-{d.synth_train_images}-{d.synth_val_images}-seed0"
+    kind = "synth" if d.generated == "synth" else "video-people"
+    return paths.home() / "data" / f"{kind}-{d.generated_train_images}-{d.generated_val_images}-seed0"
 
 
-def ensure_synthetic_data(config: ExperimentConfig, log=print) -> Path:
-    """Generate the embedded synthetic set once (deterministic; safe under concurrent callers)."""
+def ensure_generated_data(config: ExperimentConfig, log=print) -> Path:
+    """Write the ``data.generated`` set once (deterministic; safe under concurrent callers)."""
 
-    root = synthetic_root(config)
+    d = config.data
+    root = generated_root(config)
     done = root / "DONE"
     if done.exists():
         return root
+    if d.generated == "video-people" and not default_video_path().exists():
+        raise FileNotFoundError(
+            f"data.generated=video-people needs the video {default_video_path()}; "
+            "fetch it with `make video` (or set data.root to a folder written by `edgeseg data video-people`)"
+        )
     with file_lock(root.with_name(root.name + ".lock")):
         if not done.exists():
-            log(f"generating the synthetic people data set in {root} ...")
-            summary = write_synth_dataset(
-                root, config.data.synth_train_images, config.data.synth_val_images, seed=0
-            )
+            log(f"writing the {d.generated} data set to {root} ...")
+            if d.generated == "synth":
+                summary = write_synth_dataset(root, d.generated_train_images, d.generated_val_images, seed=0)
+            else:
+                summary = write_video_people_dataset(
+                    default_video_path(), root, d.generated_train_images, d.generated_val_images, seed=0
+                )
             done.write_text(json.dumps(summary, default=str))
     return root
 
@@ -65,7 +76,7 @@ def data_files(config: ExperimentConfig, log=print) -> DataFiles:
         return DataFiles(
             *(Path(p) for p in (d.train_annotations, d.train_images, d.val_annotations, d.val_images))
         )
-    root = Path(d.root) if d.root else ensure_synthetic_data(config, log)
+    root = Path(d.root) if d.root else ensure_generated_data(config, log)
     files = DataFiles(
         root / "train" / "annotations.json", root / "train" / "images", root / "val" / "annotations.json",
         root / "val" / "images",

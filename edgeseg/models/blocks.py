@@ -86,3 +86,27 @@ def resize_to(x: Tensor, size: int) -> Tensor:
     if x.shape[-2] == size and x.shape[-1] == size:
         return x
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+
+
+class RoiCoordinates(nn.Module):
+    """Adds where each cell lies in its ROI to the fused features: ``x + conv1x1([u, v])``.
+
+    ``u, v`` run from -1 to 1 across the ROI grid (cell centres). The target person is the one the
+    ROI is centred on; everything else inside the box is background or *other* people, and the
+    decoder's small receptive field cannot see the box edges from the middle. Relative coordinates,
+    as CondInst feeds its mask head, give every cell that cue directly.
+    """
+
+    def __init__(self, channels: int, size: int) -> None:
+        super().__init__()
+        centres = (torch.arange(size, dtype=torch.float32) + 0.5) / size * 2.0 - 1.0
+        v, u = torch.meshgrid(centres, centres, indexing="ij")
+        self.register_buffer("grid", torch.stack([u, v])[None], persistent=False)
+        self.embed = nn.Conv2d(2, channels, 1, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-2:] != self.grid.shape[-2:]:
+            raise ValueError(
+                f"RoiCoordinates built for {tuple(self.grid.shape[-2:])} cells, got {tuple(x.shape[-2:])}"
+            )
+        return x + self.embed(self.grid)

@@ -12,6 +12,7 @@ from typing import Protocol
 from torch import nn
 
 from edgeseg.config import ConfigError, ModelConfig
+from edgeseg.models.blocks import RoiCoordinates
 from edgeseg.models.fusion import SingleLayer
 from edgeseg.models.head import RoiSegmentationHead
 from edgeseg.models.pooling import MultiLayerRoiPooler
@@ -107,4 +108,5 @@ def build_head(cfg: ModelConfig, layers: Mapping[str, LayerInfoLike]) -> RoiSegm
     if rgb_layers:
         sizes = [roi_sizes[cfg.layers.index(layer)] for layer in rgb_layers]
         rgb = RgbRoiBranch(rgb_layers, sizes, cfg.rgb_channels, cfg.sampling_ratio)
-    return RoiSegmentationHead(pooler, fusion, decoder, rgb)
+    coordinates = RoiCoordinates(cfg.channels, cfg.roi_size) if cfg.roi_coords else None
+    return RoiSegmentationHead(pooler, fusion, decoder, rgb, coordinates)

@@ -1,4 +1,5 @@
-"""The ROI segmentation head, composed from its parts: pooler -> fusion -> decoder (+ RGB branch).
+"""The ROI segmentation head, composed from its parts: pooler -> fusion -> (+ ROI coordinates) -> decoder
+(+ RGB branch).
 
 Feature maps of a frozen backbone and person ROIs go in; 3-class mask logits per ROI come out
 (0 background, 1 the ROI's own person = target, 2 any other person). Each part is built from plain
@@ -12,6 +13,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from edgeseg.models.blocks import RoiCoordinates
 from edgeseg.models.pooling import MultiLayerRoiPooler
 from edgeseg.models.rgb import RgbRoiBranch
 
@@ -33,6 +35,7 @@ class RoiSegmentationHead(nn.Module):
         fusion: nn.Module,
         decoder: nn.Module,
         rgb: RgbRoiBranch | None = None,
+        coordinates: RoiCoordinates | None = None,
     ) -> None:
         super().__init__()
         wanted = set(pooler.extra_channels)
@@ -56,6 +59,7 @@ class RoiSegmentationHead(nn.Module):
         self.fusion = fusion
         self.decoder = decoder
         self.rgb = rgb
+        self.coordinates = coordinates
 
     @property
     def layer_ids(self) -> tuple[str, ...]:
@@ -87,5 +91,7 @@ class RoiSegmentationHead(nn.Module):
             extras = self.rgb(image, rois)
         elif image is not None:
             raise ValueError("this head has no RGB branch; pass image=None (see head.needs_image)")
-        pooled = self.pooler(features, rois, extras)
-        return self.decoder(self.fusion(pooled))
+        fused = self.fusion(self.pooler(features, rois, extras))
+        if self.coordinates is not None:
+            fused = self.coordinates(fused)
+        return self.decoder(fused)

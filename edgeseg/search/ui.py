@@ -33,6 +33,8 @@ from types import TracebackType
 from typing import IO
 
 from edgeseg import paths
+from edgeseg.search.names import EXPERIMENT_KIND_TAG, EXPERIMENT_TAGS
+from mlflow import MlflowClient
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5000
@@ -112,6 +114,15 @@ class UiServer:
     def experiment_url(self, experiment_id: str) -> str:
         """The experiment's runs table in the model-training view (MLflow 3 opens the GenAI view by default)."""
         return f"{self.url}#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+    def search_links(self) -> list[tuple[str, str]]:
+        """(experiment name, :meth:`experiment_url`) of every edgeseg search in the store, by name.
+
+        MLflow 3.17's UI ignores the experiments' ``mlflow.experimentKind`` tag when it picks its view,
+        so a plain experiment link opens the GenAI overview; these links open the runs table."""
+        tag = f"tags.`{EXPERIMENT_KIND_TAG}` = '{EXPERIMENT_TAGS[EXPERIMENT_KIND_TAG]}'"
+        experiments = MlflowClient(tracking_uri=self.tracking_uri).search_experiments(filter_string=tag)
+        return sorted((e.name, self.experiment_url(e.experiment_id)) for e in experiments)
 
     def stop(self, timeout: float = 15.0) -> int | None:
         """Terminate the server and its uvicorn workers (the whole process group); return its exit code."""

@@ -15,8 +15,8 @@ def tiny_overrides(epochs: int) -> dict[str, Any]:
     """A baseline head small enough that an epoch takes a fraction of a second on 2 cores."""
     return {
         "data.input_size": 128,
-        "data.synth_train_images": 8,
-        "data.synth_val_images": 4,
+        "data.generated_train_images": 8,
+        "data.generated_val_images": 4,
         "model.channels": 8,
         "model.mask_size": 16,
         "model.roi_size": 7,

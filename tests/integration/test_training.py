@@ -40,8 +40,8 @@ pytestmark = pytest.mark.integration
 EPOCHS = 6
 OVERRIDES = {
     "data.input_size": 192,
-    "data.synth_train_images": 32,
-    "data.synth_val_images": 8,
+    "data.generated_train_images": 32,
+    "data.generated_val_images": 8,
     "model.channels": 32,
     "model.roi_size": 14,
     "model.mask_size": 28,

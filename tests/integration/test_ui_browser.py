@@ -30,6 +30,7 @@ from helpers import CHROMIUM, CHROMIUM_FLAGS, needs_chromium
 from mlflow.entities import Metric
 from PIL import Image
 
+from edgeseg.search.mlflow_runs import ensure_experiment
 from edgeseg.search.ui import UiError, UiServer, default_tracking_uri, serve_ui
 from mlflow import MlflowClient
 
@@ -53,7 +54,8 @@ def search_store(tmp_path_factory: pytest.TempPathFactory) -> SearchStore:
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
     name = "edgeseg-smoke"
-    experiment_id = client.create_experiment(name, artifact_location=(root / "artifacts").as_uri())
+    # Created the way a search creates its experiment, so it carries the same experiment tags.
+    experiment_id = ensure_experiment(client, name, (root / "artifacts").as_uri())
     parent = client.create_run(experiment_id, run_name="search-smoke", tags={"role": "search"})
     # Three epochs each; bravo ends higher (0.65) than alpha (0.60).
     curves = {"trial-alpha": [0.40, 0.50, 0.60], "trial-bravo": [0.45, 0.55, 0.65]}
@@ -71,6 +73,7 @@ def search_store(tmp_path_factory: pytest.TempPathFactory) -> SearchStore:
         )
         client.set_terminated(run.info.run_id)
     client.set_terminated(parent.info.run_id)
+    client.create_experiment("made-by-hand", artifact_location=(root / "other").as_uri())
     return SearchStore(
         uri=uri,
         experiment_id=experiment_id,
@@ -131,6 +134,26 @@ def test_experiment_page_shows_the_search(
     text = render(url, tmp_path, expect)
     for s in expect:
         assert s in text, f"{s!r} not drawn at {url}; page text starts: {text[:600]}"
+
+
+@needs_chromium
+@pytest.mark.slow
+def test_experiment_opens_on_training_runs_with_trials_under_parent(
+    ui_server: UiServer, search_store: SearchStore, tmp_path: Path
+) -> None:
+    # The link `edgeseg ui` prints. MLflow 3.17's UI picks its view from the URL's workflowType (or the
+    # browser's last choice) and ignores the experiment's mlflow.experimentKind tag, so the link says it.
+    links = dict(ui_server.search_links())
+    assert list(links) == [search_store.experiment_name]  # the hand-made experiment is not a search
+    url = links[search_store.experiment_name]
+    n_runs = 1 + len(search_store.trial_final_miou)
+    text = render(url, tmp_path, [search_store.parent_name, f"{n_runs} matching runs"])
+    assert search_store.parent_name in text, f"runs table not drawn at {url}; page text starts: {text[:600]}"
+    assert f"{n_runs} matching runs" in text
+    assert "Model registry" in text and "Observability" not in text, "not the model-training view"
+    # One row is drawn for three matching runs: the trials are folded under their parent run.
+    for trial in search_store.trial_final_miou:
+        assert trial not in text, f"trial {trial!r} drawn as a top-level row: {text[:600]}"
 
 
 @needs_chromium

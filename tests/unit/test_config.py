@@ -68,6 +68,7 @@ def test_dotted_overrides_are_typed() -> None:
         ({"loss.adaptive": True}, "loss.adaptive"),
         ({"data.input_size": 100}, "data.input_size"),
         ({"backbone.providers": "rocm"}, "backbone.providers"),
+        ({"data.generated": "coco"}, "data.generated"),
     ],
 )
 def test_bad_values_name_the_key(overrides: dict, key: str) -> None:

@@ -47,3 +47,41 @@ def test_small_video_people_dataset_loads_in_pycocotools(tmp_path: Path) -> None
             masks = [coco.annToMask(a) for a in coco.imgToAnns[image_id]]
             assert np.sum(masks, axis=0).max() <= 1  # visible masks do not overlap
             assert all(m.shape == (576, 768) for m in masks)
+
+
+def test_generated_video_people_without_the_video_says_how_to_get_it(tmp_path: Path) -> None:
+    from edgeseg import paths
+    from edgeseg.config import load_config
+    from edgeseg.engine.prepare import data_files
+
+    config = load_config("baseline", overrides={"data.generated": "video-people"})
+    with paths.using_home(tmp_path), pytest.raises(FileNotFoundError, match=r"vtest\.avi.*make video"):
+        data_files(config)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not VIDEO.is_file(), reason=f"{VIDEO} missing: run scripts/fetch-vtest.sh (make data)")
+def test_generated_video_people_is_written_once_under_the_home(tmp_path: Path) -> None:
+    from edgeseg import paths
+    from edgeseg.config import load_config
+    from edgeseg.engine.prepare import data_files
+
+    (tmp_path / "video").mkdir()
+    (tmp_path / "video" / "vtest.avi").symlink_to(VIDEO)
+    overrides = {
+        "data.generated": "video-people",
+        "data.generated_train_images": 3,
+        "data.generated_val_images": 2,
+    }
+    config = load_config("baseline", overrides=overrides)
+    with paths.using_home(tmp_path):
+        files = data_files(config)
+        assert (
+            files.train_annotations
+            == tmp_path / "data" / "video-people-3-2-seed0" / "train" / "annotations.json"
+        )
+        assert len(COCO(str(files.val_annotations)).imgs) == 2
+        stamp = files.train_annotations.stat().st_mtime_ns
+        assert (
+            data_files(config) == files and files.train_annotations.stat().st_mtime_ns == stamp
+        )  # not rewritten

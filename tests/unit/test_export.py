@@ -296,3 +296,18 @@ def test_merge_rejects_mismatched_layers(tmp_path):
         merge_backbone_and_head(
             backbone_path, {"l4": "feat_s4", "l8": "feat_s8"}, head_path, tmp_path / "m.onnx"
         )
+
+
+def test_roi_coordinates_export_and_matter(tmp_path):
+    torch.manual_seed(0)
+    head = build_head(tiny_config("plain", roi_coords=True), LAYERS)
+    report = export_head(head, LAYERS, INPUT_SIZE, tmp_path / "head.onnx")
+    assert report.max_abs_diff <= 1e-3
+    features, _ = random_inputs(head, batch_size=3, seed=1)
+    feed = dict(zip(["features_l4", "features_l8", "features_l16"], features, strict=True)) | {"rois": ROIS}
+    (masks,) = session(report.onnx_path).run(["masks"], feed)
+    np.testing.assert_allclose(masks, torch_logits(head, features, ROIS), atol=1e-4, rtol=0)
+    assert head.coordinates is not None
+    with torch.no_grad():
+        head.coordinates.embed.weight.zero_()
+    assert np.abs(torch_logits(head, features, ROIS) - masks).max() > 1e-3  # the coordinates took part

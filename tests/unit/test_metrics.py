@@ -145,3 +145,13 @@ def test_compute_without_data_raises() -> None:
         MetricAccumulator().compute()
     with pytest.raises(ValueError, match=r"\(1, 2, 2\)"):
         MetricAccumulator().update(torch.zeros(1, 3, 3, 3), torch.zeros(1, 2, 2, dtype=torch.long))
+
+
+def test_pred_share_counts_predicted_pixels_and_shows_a_collapsed_class() -> None:
+    targets = torch.tensor([[[0, 1], [2, 2]]])
+    acc = MetricAccumulator()
+    acc.update_labels(torch.tensor([[[0, 1], [1, 0]]]), targets)  # "other" is never predicted
+    m = acc.compute()
+    assert (m["pred_share_background"], m["pred_share_target"], m["pred_share_other"]) == (0.5, 0.5, 0.0)
+    acc.update_labels(torch.tensor([[[2, 2], [2, 2]]]), targets)
+    assert acc.compute()["pred_share_other"] == pytest.approx(4 / 8)

@@ -293,3 +293,22 @@ def test_layernorm2d_is_groupnorm_with_one_group():
     torch.testing.assert_close(norm(x), reference(x))
     # Per-sample statistics: a sample's output does not depend on the others in the batch.
     torch.testing.assert_close(norm(x[:1]), norm(x)[:1])
+
+
+def test_roi_coordinates_give_each_cell_its_place_in_the_roi():
+    plain = build_head(config_for("plain", layers=("l4",)), LAYERS)
+    head = build_head(config_for("plain", layers=("l4",), roi_coords=True), LAYERS)
+    assert plain.coordinates is None and head.coordinates is not None
+    assert count_parameters(head) == count_parameters(plain) + 2 * 16  # one 1x1 conv 2 -> 16, no bias
+    grid = head.coordinates.grid
+    assert grid.shape == (1, 2, 8, 8)
+    assert grid[0, 0, 0, 0] == pytest.approx(-7 / 8) and grid[0, 0, 0, -1] == pytest.approx(
+        7 / 8
+    )  # u along x
+    assert torch.equal(grid[0, 1, :, 0], grid[0, 0, 0, :])  # v along y
+    flat = torch.zeros(3, 16, 8, 8)
+    embedded = head.coordinates(flat)
+    assert embedded[0].flatten(1).std(dim=1).max() > 0  # identical cells become different by position
+    torch.testing.assert_close(embedded[0], embedded[2])  # the same place in every ROI
+    with pytest.raises(ValueError, match="built for"):
+        head.coordinates(torch.zeros(1, 16, 4, 4))
