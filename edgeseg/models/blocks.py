@@ -97,6 +97,8 @@ class RoiCoordinates(nn.Module):
     as CondInst feeds its mask head, give every cell that cue directly.
     """
 
+    grid: Tensor  # [1, 2, size, size] buffer: (u, v) at each cell centre
+
     def __init__(self, channels: int, size: int) -> None:
         super().__init__()
         centres = (torch.arange(size, dtype=torch.float32) + 0.5) / size * 2.0 - 1.0
