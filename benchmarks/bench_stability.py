@@ -2,6 +2,7 @@
 
     python benchmarks/bench_stability.py [--presets a,b] [--seeds 0,1,2,3,4] [--budget ablation-video]
         [--set KEY=VALUE ...] [--out FILE] [--home DIR]
+    python benchmarks/bench_stability.py --markdown results/stability.json   # the table for docs/presets.md
 
 A preset is *stable* at a budget when no seed leaves a class never predicted (``val/pred_share_target``
 or ``val/pred_share_other`` is 0: the head collapsed) and the sample standard deviation of the
@@ -118,6 +119,36 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def markdown(report: dict[str, Any]) -> str:
+    """The preset x seed table of a finished run (val/miou per seed; collapsed seeds marked)."""
+    seeds = report["seeds"]
+    head = [
+        "preset",
+        *(f"seed {s}" for s in seeds),
+        "mean",
+        "std",
+        "min pred. share (target / other)",
+        "stable",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 2) + ":---:|"]
+    for p in report["presets"]:
+        by_seed = {r["seed"]: r for r in p["runs"]}
+        cells = []
+        for seed in seeds:
+            run = by_seed.get(seed)
+            cells.append(
+                "–"
+                if run is None
+                else f"{run['val/miou']:.3f}" + (" (collapsed)" if run["collapsed"] else "")
+            )
+        shares = [min(r[f"val/pred_share_{c}"] for r in p["runs"]) for c in ("target", "other")]
+        mark = "yes" if p["stable"] else "**no**"
+        std = f"{p['std']:.3f}" if p["std"] <= MAX_STD else f"**{p['std']:.3f}**"
+        lines.append(f"| {p['preset']} | " + " | ".join(cells)
+                     + f" | {p['mean']:.3f} | {std} | {shares[0]:.2f} / {shares[1]:.2f} | {mark} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--presets", default="", help="comma-separated preset names (default: all)")
@@ -125,6 +156,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--spec", type=Path, default=DEFAULT_SPEC, help="the search whose budget is used")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra override")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here (after every run)")
+    parser.add_argument("--markdown", type=Path, default=None, help="print the table of this JSON and exit")
     parser.add_argument(
         "--home", type=Path, default=Path("/tmp/edgeseg-bench-stability"), help="EDGESEG_HOME"
     )
@@ -133,6 +165,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(args.markdown.read_text())))
+        return 0
     os.environ.setdefault("EDGESEG_HOME", str(args.home))
 
     from bench_presets import cpu_model
