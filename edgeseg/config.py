@@ -10,8 +10,10 @@ presets expressed as combinations of those axes, not copies of whole configs.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -40,6 +42,59 @@ PROVIDERS = ("cpu", "cuda", "tensorrt")
 
 class ConfigError(ValueError):
     """A config value, key or combination is invalid; the message names the key (and file)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# YAML: PyYAML keeps the last of two equal keys without a word; edgeseg's files refuse them.
+# ----------------------------------------------------------------------------------------------
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """A YAML mapping sets the same key twice; ``key`` is dotted from the top of the document."""
+
+    def __init__(self, key: str, line: int, first_line: int) -> None:
+        self.key, self.line, self.first_line = key, line, first_line
+        self.problem = (
+            f"appears twice (lines {first_line} and {line}); YAML would silently keep only the last"
+        )
+        super().__init__(f"key {key!r} {self.problem}")
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that raises :class:`DuplicateKeyError` on a repeated mapping key."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        self._check_unique_keys(node, "", set())
+        return super().construct_document(node)
+
+    def _check_unique_keys(self, node: yaml.Node, path: str, visited: set[int]) -> None:
+        if id(node) in visited:  # an alias seen before (anchors may even nest recursively)
+            return
+        visited.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._check_unique_keys(item, f"{path}[{i}]", visited)
+        if not isinstance(node, yaml.MappingNode):
+            return
+        first_line: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`: explicit keys may override
+                self._check_unique_keys(value_node, path, visited)
+                continue
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key = self.construct_object(key_node)
+            dotted = f"{path}.{key}" if path else str(key)
+            line = key_node.start_mark.line + 1
+            if key in first_line:
+                raise DuplicateKeyError(dotted, line, first_line[key])
+            first_line[key] = line
+            self._check_unique_keys(value_node, dotted, visited)
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that refuses duplicate keys (:class:`DuplicateKeyError`, a ``yaml.YAMLError``)."""
+    return yaml.load(text, Loader=UniqueKeyLoader)
 
 
 @dataclass(frozen=True)
@@ -275,6 +330,10 @@ def list_presets() -> list[Preset]:
 # ----------------------------------------------------------------------------------------------
 
 
+class _NotFiniteError(ConfigError):
+    """NaN or infinity for a float key (told apart from a value of the wrong type)."""
+
+
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
     """Convert a YAML/CLI value to the field's type, or raise naming the key."""
     origin = typing.get_origin(annotation)
@@ -305,7 +364,13 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if annotation is float:
             if isinstance(value, bool):
                 raise TypeError
-            return float(value)
+            if isinstance(value, str):  # list items arrive as text: read ".nan", "1e-3" as YAML does
+                parsed = yaml.safe_load(value)
+                value = parsed if isinstance(parsed, int | float) and not isinstance(parsed, bool) else value
+            number = float(value)
+            if not math.isfinite(number):
+                raise _NotFiniteError(f"config key {key!r}: must be a finite number, got {value!r}")
+            return number
         if annotation is str:
             if isinstance(value, list | tuple):
                 return ",".join(map(str, value))
@@ -319,7 +384,9 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             if not isinstance(value, list | tuple):
                 value = [value]
             return tuple(_coerce(v, item_type, key) for v in value)
-    except (TypeError, ValueError):
+    except _NotFiniteError:
+        raise
+    except (TypeError, ValueError, OverflowError):
         pass
     else:
         raise ConfigError(f"config key {key!r}: unsupported field type {annotation}")
@@ -328,6 +395,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     )
 
 
+@functools.cache
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -352,7 +420,10 @@ def apply_overrides(
         if key not in hints:
             known = ", ".join(f.name for f in fields(SECTIONS[section]))
             raise ConfigError(f"{source}: unknown config key {dotted!r}; {section} has: {known}")
-        sections.setdefault(section, {})[key] = _coerce(value, hints[key], dotted)
+        try:
+            sections.setdefault(section, {})[key] = _coerce(value, hints[key], dotted)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from exc
     changes: dict[str, Any] = dict(top)
     for section, values in sections.items():
         changes[section] = dataclasses.replace(getattr(config, section), **values)
@@ -392,16 +463,23 @@ def load_config(
     preset: str | None = None,
     file: str | Path | None = None,
     overrides: Mapping[str, Any] | None = None,
+    *,
+    overrides_source: str = "--set",
 ) -> ExperimentConfig:
-    """The one way to build a config: preset, then YAML file, then overrides; validated once."""
+    """The one way to build a config: preset, then YAML file, then overrides; validated once.
+
+    ``overrides_source`` names where the overrides came from in errors (a spec's ``base.overrides``).
+    """
     config = ExperimentConfig()
     file_values: dict[str, Any] = {}
     if file is not None:
         path = Path(file)
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = load_yaml(path.read_text()) or {}
         except FileNotFoundError as exc:
             raise ConfigError(f"config file {path} does not exist") from exc
+        except DuplicateKeyError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from exc
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
         if not isinstance(loaded, Mapping):
@@ -417,7 +495,7 @@ def load_config(
     if file_values:
         config = apply_overrides(config, file_values, source=f"config file {file}")
     if overrides:
-        config = apply_overrides(config, overrides, source="--set")
+        config = apply_overrides(config, overrides, source=overrides_source)
     validate(config)
     return config
 
@@ -434,6 +512,16 @@ def _check(condition: bool, key: str, message: str) -> None:
         raise ConfigError(f"config key {key!r}: {message}")
 
 
+def _check_finite(config: ExperimentConfig) -> None:
+    """Every float of every section is finite (NaN passes most range checks: comparisons are False)."""
+    for section, cls in SECTIONS.items():
+        for name, hint in _hints(cls).items():
+            value = getattr(getattr(config, section), name)
+            numbers = value if hint == tuple[float, ...] else (value,) if hint is float else ()
+            _check(all(math.isfinite(v) for v in numbers), f"{section}.{name}",
+                   f"must be a finite number, got {value!r}")  # fmt: skip
+
+
 def parse_class_weights(spec: str) -> tuple[float, float, float] | None:
     """``"log"``/``"none"`` -> None (computed or unused); ``"0.6,1.5,1.2"`` -> explicit weights."""
     if spec in CLASS_WEIGHTS:
@@ -443,7 +531,7 @@ def parse_class_weights(spec: str) -> tuple[float, float, float] | None:
         values = tuple(float(p) for p in parts)
     except ValueError:
         values = ()
-    if len(values) != 3 or any(v <= 0 for v in values):
+    if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
         raise ConfigError(
             f"config key 'loss.class_weights': {spec!r} must be none, log or three positive numbers 'w0,w1,w2'"
         )
@@ -453,6 +541,7 @@ def parse_class_weights(spec: str) -> tuple[float, float, float] | None:
 def validate(config: ExperimentConfig) -> None:
     """Ranges, enums and allowed feature combinations; raises ConfigError naming the key."""
     d, b, m, loss, t = config.data, config.backbone, config.model, config.loss, config.train
+    _check_finite(config)
     _check(
         d.input_size >= 32 and d.input_size % 32 == 0, "data.input_size", "must be a multiple of 32, >= 32"
     )

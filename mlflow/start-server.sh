@@ -3,6 +3,8 @@
 #   One machine (default): SQLite + a local artifact folder under $EDGESEG_HOME/mlflow, on 127.0.0.1:5000.
 #   A team: PostgreSQL + S3/MinIO, set through the variables below (docker-compose.yml does exactly that).
 # Artifacts are always proxied by the server (--serve-artifacts), so clients never need storage credentials.
+# The store URI (it may hold the database password) and the artifact destination reach `mlflow server` through
+# MLFLOW_BACKEND_STORE_URI / MLFLOW_ARTIFACTS_DESTINATION, never its command line, which `ps` shows to everyone.
 #
 # Usage: mlflow/start-server.sh [more `mlflow server` options]
 #
@@ -62,12 +64,18 @@ command -v "$MLFLOW_BIN" >/dev/null 2>&1 || die "'$MLFLOW_BIN' not found: activa
 # MLflow 3 otherwise starts ~7 job-runner processes for GenAI features a training search never uses.
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}"
 
+export MLFLOW_BACKEND_STORE_URI="$STORE" MLFLOW_ARTIFACTS_DESTINATION="$ARTIFACTS"
+
+# Never print a credential: user:PASSWORD@ and ?password=/?token=/?sig=... values become ***.
+redact() {
+  sed -E -e 's#^([A-Za-z][A-Za-z0-9+.-]*://[^:/?#@]*:)[^@]*@#\1***@#' \
+    -e 's#([?&][^=&#]*(pass|pwd|secret|token|key|sig|credential|auth)[^=&#]*=)[^&#]*#\1***#Ig' <<<"$1"
+}
+
 # The working directory holds the relative sqlite:///basic_auth.db of basic_auth.ini.
 cd "$DATA_DIR"
-SHOWN_STORE="$(sed -E 's#(://[^:/@]+):[^@]*@#\1:***@#' <<<"$STORE")"  # never print a database password
-echo "MLflow: store $SHOWN_STORE, artifacts $ARTIFACTS, http://$HOST:$PORT/ (${AUTH_ARGS[*]:-no auth})" >&2
-exec "$MLFLOW_BIN" server \
-  --backend-store-uri "$STORE" \
-  --serve-artifacts --artifacts-destination "$ARTIFACTS" \
+echo "MLflow: store $(redact "$STORE"), artifacts $(redact "$ARTIFACTS"), http://$HOST:$PORT/" \
+  "(${AUTH_ARGS[*]:-no auth})" >&2
+exec "$MLFLOW_BIN" server --serve-artifacts \
   --host "$HOST" --port "$PORT" --workers "$WORKERS" \
   "${AUTH_ARGS[@]}" "$@"

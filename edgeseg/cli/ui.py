@@ -7,6 +7,7 @@ import signal
 import sys
 
 from edgeseg.search.ui import DEFAULT_HOST, DEFAULT_PORT, UiError, serve_ui
+from edgeseg.secrets import secret_values
 
 
 def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
@@ -15,6 +16,12 @@ def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    if args.tracking_uri and secret_values(args.tracking_uri):
+        print(
+            "edgeseg ui: warning: --tracking-uri holds a password, which any user on this host can read "
+            "with `ps`; pass it in MLFLOW_TRACKING_URI instead",
+            file=sys.stderr,
+        )
     try:
         server = serve_ui(
             args.tracking_uri,
@@ -30,7 +37,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130
     auth = "basic auth" if server.basic_auth else "no auth"
-    print(f"MLflow UI: {server.url}  (store: {server.tracking_uri}; {auth}; Ctrl-C to stop)", flush=True)
+    print(
+        f"MLflow UI: {server.url}  (store: {server.shown_tracking_uri}; {auth}; Ctrl-C to stop)", flush=True
+    )
     for name, url in server.search_links():
         print(f"  {name}: {url}", flush=True)
     code = server.wait()
@@ -53,7 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--tracking-uri",
         default=None,
         help="backend store, e.g. sqlite:////abs/mlflow.db or postgresql://... "
-        "(default: $MLFLOW_TRACKING_URI, else $EDGESEG_HOME/mlflow/mlflow.db)",
+        "(default: $MLFLOW_TRACKING_URI, else $EDGESEG_HOME/mlflow/mlflow.db); "
+        "a URI with a password belongs in $MLFLOW_TRACKING_URI, not on the command line",
     )
     p.add_argument(
         "--artifacts",

@@ -6,23 +6,38 @@ A spec names a base experiment (a preset plus dotted overrides), a search space 
 checking happens here, once; every error names the file and the key. Values that depend on the
 machine (storage folder, MLflow store) stay ``None`` until :meth:`SearchSpec.resolved` fills them on
 the driver, so a spec validated on a laptop can be submitted to a cluster.
+
+A serialised spec (``to_dict``: the search record ``search.json``, the parent run's ``search.yaml``)
+never holds a password: ``edgeseg.secrets.redact_uri`` masks it, and reading such a record back takes
+the full URI from ``$MLFLOW_TRACKING_URI`` when that names the same store.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import SplitResult, urlsplit
 
 import yaml
 
 from edgeseg import paths
-from edgeseg.config import ConfigError, ExperimentConfig, apply_overrides, load_config, validate
+from edgeseg.config import (
+    ConfigError,
+    DuplicateKeyError,
+    ExperimentConfig,
+    apply_overrides,
+    load_config,
+    load_yaml,
+    validate,
+)
+from edgeseg.secrets import REDACTED, redact_uri
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "int")
 SEARCHERS = ("optuna", "grid", "random")
@@ -38,6 +53,13 @@ METRICS = (
     "train/loss",
 )
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Which way a metric improves, by name; a spec whose mode contradicts it would search for the worst trial.
+LOWER_IS_BETTER = re.compile(r"loss$")
+HIGHER_IS_BETTER = re.compile(r"^val/(miou.*|iou_.*|mask_ap.*|boundary_f|pixel_accuracy)$")
+SEED_MAX = 2**32 - 1  # TPESampler and Tune's random generator seed numpy: [0, 2**32)
+# Storage is a local path or a pyarrow filesystem URI; those need a bucket (or host).
+STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "abfs", "abfss")
+TRACKING_DATABASES = ("sqlite", "postgresql", "mysql", "mssql")  # MLflow's SQLAlchemy stores
 
 
 class SpecError(ConfigError):
@@ -92,11 +114,21 @@ class ResourcesSpec:
     gpus_per_worker: float = 0.0  # fractions let small heads share a GPU
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class MlflowSpec:
     tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI or SQLite under $EDGESEG_HOME/mlflow
     experiment: str | None = None  # None: the search name
     artifact_location: str | None = None  # None: $EDGESEG_HOME/mlflow/artifacts/<experiment> (local stores)
+
+    def redacted(self) -> MlflowSpec:
+        """The same store with any password masked (what is written to files and logs)."""
+        uris = (self.tracking_uri, self.artifact_location)
+        tracking, artifacts = (None if u is None else redact_uri(u) for u in uris)
+        return MlflowSpec(tracking, self.experiment, artifacts)
+
+    def __repr__(self) -> str:  # tracebacks and logs print specs
+        shown = dataclasses.asdict(self.redacted())
+        return f"MlflowSpec({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
 
 @dataclass(frozen=True)
@@ -140,12 +172,22 @@ class SearchSpec:
         return self.mlflow.experiment or self.name
 
     def resolved(self) -> SearchSpec:
-        """Machine-dependent defaults filled in (called on the driver)."""
+        """Machine-dependent defaults filled in (called on the driver).
+
+        The tracking URI keeps its password in memory (the driver and the trials connect with it);
+        :meth:`to_dict` masks it.
+        """
+        # The environment's store (the spec's own was checked when it was read), before any folder is made.
+        tracking = self.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+        if not self.mlflow.tracking_uri and tracking and (problem := tracking_problem(tracking)):
+            raise SpecError(
+                f"$MLFLOW_TRACKING_URI {redact_uri(tracking)!r} {problem} "
+                f"(search spec {self.source} sets no mlflow.tracking_uri)"
+            )
         home = Path(self.home).expanduser().resolve() if self.home else paths.home()
         storage = self.storage or str(home / "searches")
         if "://" not in storage:
             storage = str(Path(storage).expanduser().resolve())
-        tracking = self.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
         if not tracking:
             (home / "mlflow").mkdir(parents=True, exist_ok=True)
             tracking = f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
@@ -156,7 +198,7 @@ class SearchSpec:
         return dataclasses.replace(self, storage=storage, home=str(home), mlflow=mlflow)
 
     def to_dict(self) -> dict[str, Any]:
-        """The YAML schema again (``spec_from_mapping(spec.to_dict())`` round-trips)."""
+        """The YAML schema again, without passwords (``spec_from_mapping(spec.to_dict())`` round-trips)."""
         return {
             "name": self.name,
             "description": self.description,
@@ -175,7 +217,7 @@ class SearchSpec:
             "keep_checkpoints": self.keep_checkpoints,
             "storage": self.storage,
             "home": self.home,
-            "mlflow": dataclasses.asdict(self.mlflow),
+            "mlflow": dataclasses.asdict(self.mlflow.redacted()),
             "export_onnx": self.export_onnx,
         }
 
@@ -186,6 +228,90 @@ def _listify(value: Any) -> Any:
 
 def _tuplify(value: Any) -> Any:
     return tuple(_tuplify(v) for v in value) if isinstance(value, list) else value
+
+
+def metric_mode(metric: str) -> str | None:
+    """``min`` for losses, ``max`` for the known higher-is-better metrics, None when the name says nothing."""
+    if LOWER_IS_BETTER.search(metric):
+        return "min"
+    if HIGHER_IS_BETTER.match(metric):
+        return "max"
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Locations: storage folders and MLflow stores, checked by form (nothing is contacted).
+# ----------------------------------------------------------------------------------------------
+
+
+def restore_credentials(uri: str) -> str:
+    """A redacted tracking URI read back from a record: ``$MLFLOW_TRACKING_URI`` when it names the same store."""
+    env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if REDACTED in uri and env and env != uri and redact_uri(env) == uri:
+        return env
+    return uri
+
+
+def _scheme(uri: str) -> str:
+    """The URI scheme, lower case and without a ``+driver``; "" for a path (``C:\\x`` included)."""
+    match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*):", uri)
+    if not match or len(match.group(1)) == 1:
+        return ""
+    return match.group(1).split("+", 1)[0].lower()
+
+
+def _port_problem(parts: SplitResult) -> str | None:
+    try:
+        parts.port  # noqa: B018 (parsing it is the check)
+    except ValueError as exc:
+        return f"has a bad port ({exc})"
+    return None
+
+
+def storage_problem(uri: str) -> str | None:
+    """Why ``uri`` is not a storage folder (a local path, file://, s3://bucket/prefix, ...), or None."""
+    if not uri.strip():
+        return "is empty"
+    if "://" not in uri:  # a local or NFS path, as StorageFolder and Tune read it
+        return None
+    scheme, parts = _scheme(uri), urlsplit(uri)
+    if scheme == "file":
+        return None if parts.path.strip("/") else "needs a folder: file:///abs/path"
+    if scheme not in STORAGE_SCHEMES:
+        return f"has an unknown scheme {scheme!r}; use a local path, file:///path or s3://bucket/prefix"
+    if not parts.hostname:
+        return f"needs a bucket: {scheme}://bucket/prefix"
+    if parts.username is not None or parts.password is not None:
+        return "must not hold credentials (they would be written to search.json); use the AWS_* variables"
+    return _port_problem(parts)
+
+
+def tracking_problem(uri: str) -> str | None:
+    """Why ``uri`` is not an MLflow tracking URI edgeseg can use, or None."""
+    if not uri.strip():
+        return "is empty"
+    scheme, parts = _scheme(uri), urlsplit(uri)
+    if scheme == "":  # a local folder: MLflow's file store
+        return None
+    if scheme == "file":
+        return None if parts.path.strip("/") else "needs a folder: file:///abs/path"
+    if scheme in ("http", "https"):
+        return _port_problem(parts) if parts.hostname else f"needs a host: {scheme}://host[:port]"
+    if scheme in ("databricks", "databricks-uc"):
+        return None if uri.lower() == scheme or parts.netloc else f"is {scheme} or {scheme}://profile"
+    if scheme == "sqlite":
+        path = uri.partition("://")[2]
+        if not path.startswith("/") or not path.strip("/"):
+            return "needs a database file: sqlite:///abs/path.db"
+        return None
+    if scheme in TRACKING_DATABASES:
+        if not uri.partition("://")[2].strip("/"):
+            return f"needs a server and a database: {scheme}://user@host[:port]/database"
+        return _port_problem(parts)
+    return (
+        f"has an unknown scheme {scheme!r}; use a local path, file:///path, http(s)://host[:port], "
+        "sqlite:///path, postgresql://, mysql://, mssql:// or databricks"
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -203,9 +329,11 @@ def load_spec(path: str | Path) -> SearchSpec:
     """Read and validate a search spec YAML file."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
     except FileNotFoundError as exc:
         raise SpecError(f"search spec {path} does not exist") from exc
+    except DuplicateKeyError as exc:
+        raise SpecError(f"search spec {path}: key {exc.key!r}: {exc.problem}") from exc
     except yaml.YAMLError as exc:
         raise SpecError(f"search spec {path} is not valid YAML: {exc}") from exc
     if not isinstance(data, Mapping):
@@ -228,13 +356,18 @@ def spec_from_mapping(data: Mapping[str, Any], source: str = "<spec>") -> Search
     overrides_raw = r.section(base, "overrides", None, key="base.overrides")
     overrides = {str(k): v for k, v in overrides_raw.items()}
     try:
-        base_config = load_config(preset, overrides=overrides)
+        base_config = load_config(
+            preset, overrides=overrides, overrides_source=f"search spec {source}: base.overrides"
+        )
     except ConfigError as exc:
+        if str(exc).startswith("search spec"):
+            raise SpecError(str(exc)) from exc
         raise SpecError(f"search spec {source}: base: {exc}") from exc
 
     searcher, scheduler = _read_searcher(r, data), _read_scheduler(r, data)
     resources, mlflow = _read_resources(r, data), _read_mlflow(r, data)
     space = _read_space(r, data.get("space") or {}, base_config)
+    metric = r.choice(data, "metric", METRICS, default="val/miou")
 
     spec = SearchSpec(
         name=name,
@@ -244,8 +377,8 @@ def spec_from_mapping(data: Mapping[str, Any], source: str = "<spec>") -> Search
         description=r.string(data, "description", default=""),
         searcher=searcher,
         scheduler=scheduler,
-        metric=r.choice(data, "metric", METRICS, default="val/miou"),
-        mode=r.choice(data, "mode", ("max", "min"), default="max"),
+        metric=metric,
+        mode=r.choice(data, "mode", ("max", "min"), default=metric_mode(metric) or "max"),
         num_samples=r.integer(data, "num_samples", default=1, minimum=1),
         repeats=r.integer(data, "repeats", default=1, minimum=1),
         skip_invalid=r.boolean(data, "skip_invalid", default=False),
@@ -253,7 +386,7 @@ def spec_from_mapping(data: Mapping[str, Any], source: str = "<spec>") -> Search
         max_concurrent_trials=r.integer(data, "max_concurrent_trials", default=2, minimum=1),
         max_failures=r.integer(data, "max_failures", default=1, minimum=0),
         keep_checkpoints=r.integer(data, "keep_checkpoints", default=2, minimum=1),
-        storage=r.string(data, "storage", default=None),
+        storage=r.location(data, "storage", storage_problem),
         home=r.string(data, "home", default=None),
         mlflow=mlflow,
         export_onnx=r.boolean(data, "export_onnx", default=True),
@@ -267,7 +400,7 @@ def _read_searcher(r: _Reader, data: Mapping[str, Any]) -> SearcherSpec:
     searcher_raw = r.section(data, "searcher", {"kind", "seed"})
     return SearcherSpec(
         kind=r.choice(searcher_raw, "kind", SEARCHERS, key="searcher.kind", default="optuna"),
-        seed=r.integer(searcher_raw, "seed", key="searcher.seed", default=0),
+        seed=r.integer(searcher_raw, "seed", key="searcher.seed", default=0, minimum=0, maximum=SEED_MAX),
     )
 
 
@@ -303,8 +436,9 @@ def _read_resources(r: _Reader, data: Mapping[str, Any]) -> ResourcesSpec:
 
 def _read_mlflow(r: _Reader, data: Mapping[str, Any]) -> MlflowSpec:
     mlflow_raw = r.section(data, "mlflow", {"tracking_uri", "experiment", "artifact_location"})
+    tracking_uri = r.location(mlflow_raw, "tracking_uri", tracking_problem, key="mlflow.tracking_uri")
     return MlflowSpec(
-        tracking_uri=r.string(mlflow_raw, "tracking_uri", key="mlflow.tracking_uri", default=None),
+        tracking_uri=None if tracking_uri is None else restore_credentials(tracking_uri),
         experiment=r.string(mlflow_raw, "experiment", key="mlflow.experiment", default=None),
         artifact_location=r.string(
             mlflow_raw, "artifact_location", key="mlflow.artifact_location", default=None
@@ -349,8 +483,8 @@ def _read_space(r: _Reader, raw: Any, base: ExperimentConfig) -> tuple[Axis, ...
             continue
         if not is_config_key:
             r.fail(key, "is not a config key (section.key, e.g. train.lr)")
-        if not isinstance(args, list) or len(args) != 2 or not all(_is_number(v) for v in args):
-            r.fail(f"{key}.{kind}", f"needs [low, high] numbers, got {args!r}")
+        if not isinstance(args, list) or len(args) != 2 or not all(_is_finite_number(v) for v in args):
+            r.fail(f"{key}.{kind}", f"needs [low, high] finite numbers, got {args!r}")
         low, high = float(args[0]), float(args[1])
         if kind == "int":
             if not all(float(v).is_integer() for v in args) or low > high:
@@ -393,9 +527,24 @@ def _check_overrides(
 
 
 def _check_combinations(r: _Reader, spec: SearchSpec, base: ExperimentConfig) -> None:
-
     kinds = {axis.name: axis.kind for axis in spec.space}
-    keys = {k for axis in spec.space for k in axis_keys(axis)}
+    setters: dict[str, str] = {}
+    for axis in spec.space:
+        for config_key in axis_keys(axis):
+            if config_key in setters:
+                r.fail(
+                    f"space.{axis.name}",
+                    f"sets {config_key!r}, which axis {setters[config_key]!r} sets too; one would silently win",
+                )
+            setters[config_key] = axis.name
+    keys = set(setters)
+    expected_mode = metric_mode(spec.metric)
+    if expected_mode is not None and spec.mode != expected_mode:
+        better = "lower" if expected_mode == "min" else "higher"
+        r.fail(
+            "mode",
+            f"{spec.mode!r} contradicts metric {spec.metric!r} ({better} is better; use mode: {expected_mode})",
+        )
     if spec.searcher.kind == "optuna":
         for axis in spec.space:
             if axis.kind == "grid":
@@ -464,6 +613,10 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _is_finite_number(value: Any) -> bool:
+    return _is_number(value) and math.isfinite(value)
+
+
 class _Reader:
     """Typed access to spec values with errors that name the file and the dotted key."""
 
@@ -524,6 +677,7 @@ class _Reader:
         key: str | None = None,
         default: int,
         minimum: int | None = None,
+        maximum: int | None = None,
     ) -> int:
         key = key or name
         value = data.get(name, default)
@@ -533,6 +687,8 @@ class _Reader:
             self.fail(key, f"must be an integer, got {value!r}")
         if minimum is not None and value < minimum:
             self.fail(key, f"must be >= {minimum}, got {value!r}")
+        if maximum is not None and value > maximum:
+            self.fail(key, f"must be <= {maximum}, got {value!r}")
         return int(value)
 
     def number(self, data: Mapping[str, Any], name: str, *, key: str | None = None, default: float) -> float:
@@ -540,9 +696,23 @@ class _Reader:
         value = data.get(name, default)
         if value is None:
             value = default
-        if not _is_number(value):
-            self.fail(key, f"must be a number, got {value!r}")
+        if not _is_finite_number(value):
+            self.fail(key, f"must be a finite number, got {value!r}")
         return float(value)
+
+    def location(
+        self,
+        data: Mapping[str, Any],
+        name: str,
+        problem: Callable[[str], str | None],
+        *,
+        key: str | None = None,
+    ) -> str | None:
+        """A storage folder or store URI (None when absent); the error shows it without its password."""
+        value = self.string(data, name, key=key, default=None)
+        if value is not None and (why := problem(value)) is not None:
+            self.fail(key or name, f"{redact_uri(value)!r} {why}")
+        return value
 
     def boolean(self, data: Mapping[str, Any], name: str, *, key: str | None = None, default: bool) -> bool:
         value = data.get(name, default)

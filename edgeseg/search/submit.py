@@ -24,9 +24,14 @@ from urllib.parse import urlparse
 
 from edgeseg.search.spec import SpecError, load_spec
 
+# gitignore-style patterns, matched at any depth. The working dir is uploaded to the cluster's storage and
+# unpacked on every node, so credentials and local stores never go: env files, databases, token files.
+SECRET_EXCLUDES = [
+    ".env", "*.env", "*.db", "*.sqlite", "*.sqlite3", "auth_token", "*.token", "*.pem", ".netrc",
+]  # fmt: skip
 EXCLUDES = [
     ".venv", ".git", "**/__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache", "*.egg-info", "mlruns",
-    "*.onnx", "*.pt", "node_modules",
+    "*.onnx", "*.pt", "node_modules", *SECRET_EXCLUDES,
 ]  # fmt: skip
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 AGENT_WAIT_S = 60.0
@@ -67,7 +72,7 @@ def pyproject_dependencies(root: Path) -> list[str]:
 
 def runtime_env(root: Path, dependencies: str | Path | None) -> dict[str, Any]:
     """``dependencies``: "pyproject" (default), None (the cluster image has them), or a requirements file."""
-    env: dict[str, Any] = {"working_dir": str(root), "excludes": EXCLUDES}
+    env: dict[str, Any] = {"working_dir": str(root), "excludes": list(EXCLUDES)}
     if dependencies == "pyproject":
         env["pip"] = pyproject_dependencies(root)
     elif dependencies is not None:

@@ -11,6 +11,11 @@ An MLflow server lets whoever reaches it read and write every run and artifact, 
 (``MLFLOW_AUTH_ADMIN_PASSWORD`` set, which selects ``--app-name basic-auth``) or the caller says
 ``insecure``. MLflow's own security middleware (Host-header and CORS checks) stays on: the server is
 run with uvicorn, the only server where MLflow applies it.
+
+The store URI may carry a database password, so it reaches the server through its environment
+(``MLFLOW_BACKEND_STORE_URI``, ``MLFLOW_ARTIFACTS_DESTINATION``; other users can read a command line in
+``ps``, not an environment), and it is shown redacted (``postgresql://user:***@host/db``) in messages and
+in the server log tail; the admin password of basic auth is only ever in the environment too.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from typing import IO
 
 from edgeseg import paths
 from edgeseg.search.names import EXPERIMENT_KIND_TAG, EXPERIMENT_TAGS
+from edgeseg.secrets import redact_uri, scrub, secret_values
 from mlflow import MlflowClient
 
 DEFAULT_HOST = "127.0.0.1"
@@ -87,14 +93,17 @@ def is_loopback(host: str) -> bool:
 
 @dataclass
 class UiServer:
-    """A running ``mlflow server`` child process (its own process group)."""
+    """A running ``mlflow server`` child process (its own process group).
+
+    ``tracking_uri`` and ``artifacts`` are kept as given (they may hold credentials) and left out of
+    the repr; show :attr:`shown_tracking_uri` instead."""
 
     process: subprocess.Popen[bytes]
     url: str
     host: str
     port: int
-    tracking_uri: str
-    artifacts: str
+    tracking_uri: str = field(repr=False)
+    artifacts: str = field(repr=False)
     basic_auth: bool
     log_path: Path
     _log_file: IO[bytes] | None = field(repr=False, default=None)
@@ -103,13 +112,19 @@ class UiServer:
     def running(self) -> bool:
         return self.process.poll() is None
 
+    @property
+    def shown_tracking_uri(self) -> str:
+        """The store URI with its password redacted, for messages."""
+        return redact_uri(self.tracking_uri)
+
     def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
-        """The last lines the server wrote to stdout/stderr."""
+        """The last lines the server wrote to stdout/stderr, with the store's credentials redacted."""
         try:
             text = self.log_path.read_text(errors="replace")
         except OSError:
             return ""
-        return "\n".join(text.splitlines()[-lines:])
+        tail = "\n".join(text.splitlines()[-lines:])
+        return scrub(tail, secret_values(self.tracking_uri) + secret_values(self.artifacts))
 
     def experiment_url(self, experiment_id: str) -> str:
         """The experiment's runs table in the model-training view (MLflow 3 opens the GenAI view by default)."""
@@ -167,14 +182,15 @@ class UiServer:
 
 def _check_store_uri(tracking_uri: str) -> None:
     scheme = tracking_uri.split(":", 1)[0].split("+", 1)[0].lower() if ":" in tracking_uri else ""
+    shown = redact_uri(tracking_uri)
     if scheme in ("http", "https"):
         raise UiError(
-            f"tracking URI {tracking_uri!r} is already a tracking server; open it in a browser instead "
+            f"tracking URI {shown!r} is already a tracking server; open it in a browser instead "
             "of starting another server (edgeseg ui needs a store URI such as sqlite:///... or postgresql://...)"
         )
     if scheme not in _SERVER_STORE_SCHEMES:
         raise UiError(
-            f"tracking URI {tracking_uri!r} is not a store the MLflow server can serve; "
+            f"tracking URI {shown!r} is not a store the MLflow server can serve; "
             f"expected one of {', '.join(s + '://' for s in _SERVER_STORE_SCHEMES)}"
         )
 
@@ -281,13 +297,12 @@ def serve_ui(
     home = mlflow_home()
     log_path = home / f"ui-server-{port}.log"
     command = [
-        sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", uri,
-        "--serve-artifacts", "--artifacts-destination", artifacts_destination,
+        sys.executable, "-m", "mlflow", "server", "--serve-artifacts",
         "--host", host, "--port", str(port),
         "--workers", str(workers),
     ]  # fmt: skip
-    env = dict(os.environ)
+    # The store and artifact URIs go through the environment, never argv: `ps` shows argv to everyone.
+    env = dict(os.environ, MLFLOW_BACKEND_STORE_URI=uri, MLFLOW_ARTIFACTS_DESTINATION=artifacts_destination)
     # MLflow 3 also starts ~7 huey job-runner processes (GenAI judges, trace rollups; ~240 MB each) that
     # a training-search UI never uses; the user can still turn them on by setting the variable.
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
@@ -295,7 +310,9 @@ def serve_ui(
         command += ["--app-name", "basic-auth"]
         # CSRF key for the auth app's forms; a per-process key only means forms die with the server.
         env.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", secrets.token_hex(32))
-    log_file = log_path.open("wb")
+    # Owner-only: an error the server logs may quote the store URI.
+    log_file = os.fdopen(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
+    os.chmod(log_path, 0o600)  # a log left by an older server on this port keeps its mode otherwise
     # cwd: the packaged basic_auth.ini keeps users in ./basic_auth.db, and a store without an explicit
     # artifact root writes ./mlartifacts; both belong next to the store, not wherever the user stands.
     process = subprocess.Popen(

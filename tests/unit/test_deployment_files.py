@@ -409,8 +409,9 @@ def test_start_server_defaults_to_sqlite_on_loopback(fake_mlflow: Path, tmp_path
         return argv[argv.index(name) + 1]
 
     assert argv[0] == "server"
-    assert option("--backend-store-uri") == f"sqlite:///{data}/mlflow.db"
-    assert option("--artifacts-destination") == str(data / "artifacts") and "--serve-artifacts" in argv
+    assert "--backend-store-uri" not in argv and "--artifacts-destination" not in argv  # env, not argv (ps)
+    assert record["env"]["MLFLOW_BACKEND_STORE_URI"] == f"sqlite:///{data}/mlflow.db"
+    assert record["env"]["MLFLOW_ARTIFACTS_DESTINATION"] == str(data / "artifacts") and "--serve-artifacts" in argv
     assert option("--host") == "127.0.0.1" and option("--port") == "5000"
     assert "--app-name" not in argv
     assert record["cwd"] == str(data) and (data / "artifacts").is_dir()

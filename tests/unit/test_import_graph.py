@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "edgeseg"
 
 # Layers from the bottom: a module may import its own layer and those below it, never above.
 LAYERS = {
-    "model": ("config", "paths", "files", "data", "backbone", "models", "losses", "metrics", "complexity",
+    "model": ("config", "paths", "files", "secrets", "data", "backbone", "models", "losses", "metrics", "complexity",
               "engine", "export", "coco_eval", "evaluation", "visualize", "catalog"),
     "service": ("search",),
     "analysis": ("report",),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from edgeseg.search.spec import (
     SpecError,
     grid_variants,
     load_spec,
+    metric_mode,
     spec_from_mapping,
     trial_config,
     trial_overrides,
@@ -274,3 +276,106 @@ def test_resolved_fills_machine_defaults(tmp_path, monkeypatch):
     remote = spec_from_mapping(minimal(mlflow={"tracking_uri": "http://127.0.0.1:5000"})).resolved()
     assert remote.mlflow.artifact_location is None  # the server proxies artifacts (mlflow-artifacts:/)
     assert not math.isnan(remote.base_config().train.lr)
+
+
+# ----------------------------------------------------------------------------------------------
+# Metric direction, locations and credentials.
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("metric", "mode"),
+    [
+        ("val/loss", "min"),
+        ("train/loss", "min"),
+        ("val/dice_loss", "min"),
+        ("val/miou", "max"),
+        ("val/miou_per_roi", "max"),
+        ("val/iou_target", "max"),
+        ("val/mask_ap50", "max"),
+        ("val/boundary_f", "max"),
+        ("val/pixel_accuracy", "max"),
+        ("val/pred_share_target", None),
+        ("val/boundary_f1", None),
+    ],
+)
+def test_metric_mode_by_name(metric, mode):
+    assert metric_mode(metric) == mode
+
+
+def test_mode_defaults_to_the_metrics_direction():
+    assert spec_from_mapping(minimal(metric="val/loss")).mode == "min"
+    assert spec_from_mapping(minimal(metric="val/iou_other")).mode == "max"
+    assert spec_from_mapping(minimal(metric="train/loss", mode="min")).mode == "min"
+
+
+def test_searcher_seed_range(tmp_path):
+    assert spec_from_mapping(minimal(searcher={"seed": 2**32 - 1})).searcher.seed == 2**32 - 1
+    expect_error(tmp_path, minimal(searcher={"kind": "random", "seed": -3}), "'searcher.seed'", ">= 0", "-3")
+
+
+@pytest.mark.parametrize(
+    "storage", ["/mnt/nfs/searches", "relative/searches", "file:///tmp/searches", "s3://bucket",
+                "s3://edgeseg-ray/searches", "s3://bucket/prefix?endpoint_override=minio:9000", "gs://bucket/x"],
+)  # fmt: skip
+def test_good_storage_is_kept(storage):
+    assert spec_from_mapping(minimal(storage=storage)).storage == storage
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "mlruns", "/srv/mlruns", "file:///srv/mlruns", "http://127.0.0.1:5000", "https://mlflow.example.org",
+        "https://mlflow.example.org:8443/prefix", "sqlite:////abs/mlflow.db", "sqlite:///mlflow.db",
+        "postgresql://mlflow@db:5432/mlflow", "postgresql+psycopg2://mlflow@postgres:5432/mlflow",
+        "mysql://u@host/db", "mysql+pymysql://u@host:3306/db", "databricks", "databricks://profile",
+    ],
+)  # fmt: skip
+def test_good_tracking_uri_is_kept(uri):
+    assert spec_from_mapping(minimal(mlflow={"tracking_uri": uri})).mlflow.tracking_uri == uri
+
+
+SECRET_URI = "postgresql://edgeseg:hunter2@db.internal:5432/mlflow"
+
+
+def test_serialised_spec_never_holds_the_tracking_password(tmp_path, monkeypatch):
+    from edgeseg.search import control
+
+    monkeypatch.setenv("EDGESEG_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", SECRET_URI)
+    spec = spec_from_mapping(minimal(storage=str(tmp_path / "storage"))).resolved()
+    assert spec.mlflow.tracking_uri == SECRET_URI  # the driver and the trials connect with it
+    assert "hunter2" not in repr(spec)
+    body = spec.to_dict()
+    assert body["mlflow"]["tracking_uri"] == "postgresql://edgeseg:***@db.internal:5432/mlflow"
+    assert "hunter2" not in yaml.safe_dump(body)  # the parent run's search.yaml artifact
+    control.write_record(spec, "t-1")
+    record = tmp_path / "storage" / "t" / "edgeseg" / "search.json"
+    assert "hunter2" not in record.read_text() and "***" in record.read_text()
+    # Reading the record back: the full URI again from the environment, which names the same store...
+    assert (
+        dataclasses.replace(control.read_record("t", str(tmp_path / "storage")).spec, source=spec.source)
+        == spec
+    )
+    # ...and never from a different one.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "postgresql://edgeseg:other@elsewhere:5432/mlflow")
+    again = control.read_record("t", str(tmp_path / "storage")).spec
+    assert again.mlflow.tracking_uri == "postgresql://edgeseg:***@db.internal:5432/mlflow"
+
+
+def test_a_spec_written_password_is_kept_in_memory_and_masked_on_disk(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    spec = spec_from_mapping(minimal(mlflow={"tracking_uri": "https://bob:pa55@mlflow.example.org"}))
+    assert spec.resolved().mlflow.tracking_uri == "https://bob:pa55@mlflow.example.org"
+    assert spec.resolved().to_dict()["mlflow"]["tracking_uri"] == "https://bob:***@mlflow.example.org"
+
+
+def test_malformed_tracking_uri_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGESEG_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "ftp://alice:hunter2@mlflow.example.org")
+    with pytest.raises(SpecError) as info:
+        spec_from_mapping(minimal()).resolved()
+    message = str(info.value)
+    assert "$MLFLOW_TRACKING_URI" in message and "'ftp://alice:***@mlflow.example.org'" in message
+    assert "unknown scheme 'ftp'" in message and "hunter2" not in message
+    assert not (tmp_path / "home").exists()
