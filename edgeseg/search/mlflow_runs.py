@@ -3,6 +3,8 @@ experiment, runs found by tags (paged), the best run by a metric."""
 
 from __future__ import annotations
 
+import math
+import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -60,8 +62,14 @@ def batches(items: list[Any], size: int) -> Iterable[list[Any]]:
         yield items[start : start + size]
 
 
+def stored_finite(value: float) -> bool:
+    """False for NaN and for infinities as MLflow stores them (SQL stores +-inf as +-sys.float_info.max)."""
+    return math.isfinite(value) and abs(value) < sys.float_info.max
+
+
 def best_run(runs: Iterable[Any], metric: str, mode: str) -> Any:
-    scored = [r for r in runs if metric in r.data.metrics]
+    """The run with the best finite ``metric`` (NaN and inf never win), or None."""
+    scored = [r for r in runs if metric in r.data.metrics and stored_finite(r.data.metrics[metric])]
     if not scored:
         return None
     return (max if mode == "max" else min)(scored, key=lambda r: r.data.metrics[metric])

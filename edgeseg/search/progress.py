@@ -4,7 +4,7 @@ Ray 2.60's new console output ignores ``progress_reporter`` (``CLIReporter``) un
 ``RAY_AIR_NEW_OUTPUT=0``, so the search runs Tune with ``verbose=0`` and prints its own table from a
 driver-side callback: one row per trial with its state, epoch, latest and best metric, and whether
 ASHA (or a user) pruned it. The table is printed at most every ``interval_s`` seconds, and whenever
-a trial ends.
+a trial ends. A NaN or infinite value is shown but never becomes a trial's best.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from typing import Any
 
 from ray import tune
 
+from edgeseg.search.trainable import deterministic_failure, is_finite_number
+
 
 class ProgressTable(tune.Callback):
     def __init__(self, metric: str, mode: str, max_epochs: int, interval_s: float = 15.0) -> None:
@@ -24,6 +26,8 @@ class ProgressTable(tune.Callback):
         self.max_epochs = max_epochs
         self.interval_s = interval_s
         self._best: dict[str, float] = {}
+        self._epoch: dict[str, int] = {}  # a failed trial's last result may carry no epoch
+        self._not_retried: set[str] = set()  # trials that failed deterministically
         self._last_print = 0.0
         self._started = time.monotonic()
         self.write: Callable[[str], Any] = _stdout
@@ -41,8 +45,12 @@ class ProgressTable(tune.Callback):
     def on_trial_result(
         self, iteration: int, trials: list[Any], trial: Any, result: dict, **info: Any
     ) -> None:
+        if deterministic_failure(result):
+            self._not_retried.add(trial.trial_id)
+        if "epoch" in result:
+            self._epoch[trial.trial_id] = int(result["epoch"] or 0)
         value = result.get(self.metric)
-        if isinstance(value, int | float):
+        if is_finite_number(value):  # `x > nan` is false: a NaN best would stay the best forever
             old = self._best.get(trial.trial_id)
             if old is None or (value > old if self.mode == "max" else value < old):
                 self._best[trial.trial_id] = float(value)
@@ -72,7 +80,7 @@ class ProgressTable(tune.Callback):
         ]
         for trial in trials:
             result = trial.last_result or {}
-            epoch = int(result.get("epoch", 0) or 0)
+            epoch = self._epoch.get(trial.trial_id, int(result.get("epoch", 0) or 0))
             value = result.get(self.metric)
             shown = f"{value:.4f}" if isinstance(value, int | float) else "-"
             best = self._best.get(trial.trial_id)
@@ -80,7 +88,7 @@ class ProgressTable(tune.Callback):
             if trial.status == "TERMINATED" and epoch < self.max_epochs:
                 note = f"pruned at epoch {epoch}"
             elif trial.status == "ERROR":
-                note = "error"
+                note = "error, not retried" if trial.trial_id in self._not_retried else "error"
             lines.append(
                 f"{trial.trial_id:12s} {trial.status:11s} {epoch:3d}/{self.max_epochs:<3d} {shown:>10s} "
                 f"{(f'{best:.4f}' if best is not None else '-'):>8s}  {note}"

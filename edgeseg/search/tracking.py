@@ -13,6 +13,11 @@ re-reported epoch a no-op. When a trial ends (finished, pruned or errored) its b
 exported to ONNX in a background thread, checked in ONNX Runtime, and logged as
 ``onnx/model.onnx`` + ``onnx/model.json`` + ``config.yaml`` with ``latency_ms``; all MLflow writes stay
 on the driver's main thread. A trial that ended while the driver was down is exported on resume.
+
+A NaN, infinite or missing metric value never becomes a trial's best value or best checkpoint. A
+trial that announces a deterministic failure (``trainable.FAILED_DETERMINISTICALLY``, reported just
+before it raises) gets no Tune retry: Tune retries by count only, so its budget ends here, and its
+run is tagged ``error_kind = deterministic`` at once (``retries_exhausted`` for any other error).
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from edgeseg.search.names import EPOCH_KEYS, EPOCH_PREFIXES, ROLE_SEARCH, ROLE_T
 from edgeseg.search.space import expected_trials
 from edgeseg.search.spec import SearchSpec, trial_config, trial_overrides
 from edgeseg.search.storage import StorageFolder, checkpoint_uri
+from edgeseg.search.trainable import deterministic_failure, is_finite_number
 
 log = logging.getLogger("edgeseg.search.tracking")
 
@@ -78,6 +84,7 @@ class _RunState:
     # last step logged per metric key: a driver killed inside log_batch can leave the epoch's
     # points written but not the ``last_epoch`` tag, so re-attaching reads the histories themselves
     key_steps: dict[str, int] = field(default_factory=dict)
+    failed_deterministically: bool = False
 
 
 class MlflowTracker(tune.Callback):
@@ -211,10 +218,11 @@ class MlflowTracker(tune.Callback):
                 last_epoch=max([int(run.data.tags.get("last_epoch", 0)), *key_steps.values()]),
                 key_steps=key_steps,
                 static_logged=all(k in run.data.metrics for k in STATIC_KEYS),
-                best_value=float(run.data.tags["best_value"]) if "best_value" in run.data.tags else None,
+                best_value=_finite_or_none(run.data.tags.get("best_value")),
                 best_checkpoint=run.data.tags.get("best_checkpoint", ""),
                 config=config.to_dict() if config else None,
                 max_epochs=self._max_epochs(config),
+                failed_deterministically=run.data.tags.get("error_kind") == "deterministic",
             )
             if not run.data.params and config is not None:
                 self._log_params(state.run_id, config.flat())
@@ -260,6 +268,14 @@ class MlflowTracker(tune.Callback):
     ) -> None:
         from mlflow.entities import Metric, RunTag
 
+        if deterministic_failure(result):
+            # The trial raises right after this report, and a retry would fail the same way. (With
+            # the Train executor, an epoch still queued by Train may come after it.)
+            trial.max_failures = trial.num_failures
+            state = self.ensure_run(trial)
+            state.failed_deterministically = True
+            self.client.set_tag(state.run_id, "error_kind", "deterministic")
+            return
         if "epoch" not in result:
             return
         state = self.ensure_run(trial)
@@ -292,7 +308,7 @@ class MlflowTracker(tune.Callback):
         from mlflow.entities import RunTag
 
         raw = result.get(self.spec.metric)
-        if not isinstance(raw, int | float) or isinstance(raw, bool):
+        if not is_finite_number(raw):  # `x > nan` is false: a NaN best would stay the best forever
             return []
         value = float(raw)
         better = state.best_value is None or (
@@ -324,7 +340,12 @@ class MlflowTracker(tune.Callback):
         from mlflow.entities import RunTag
 
         state = self.ensure_run(trial)
-        tags = [RunTag("state", "errored"), RunTag("error", _trial_error(trial)[:4900])]
+        kind = "deterministic" if state.failed_deterministically else "retries_exhausted"
+        tags = [
+            RunTag("state", "errored"),
+            RunTag("error_kind", kind),
+            RunTag("error", _trial_error(trial)[:4900]),
+        ]
         self.client.log_batch(state.run_id, tags=tags)
         self._finish(trial.trial_id, state, "FAILED")
 
@@ -442,11 +463,30 @@ class MlflowTracker(tune.Callback):
         client.set_terminated(self._parent_id, status="FINISHED" if complete else "KILLED")
 
 
-def _trial_error(trial: Any) -> str:
-    path = getattr(trial, "error_file", None)
+def _finite_or_none(text: str | None) -> float | None:
     try:
+        value = float(text) if text is not None else None
+    except ValueError:
+        return None
+    return value if is_finite_number(value) else None
+
+
+def _trial_error(trial: Any) -> str:
+    """The trial's error text: the driver's local ``error.txt`` while it runs, else the copy in the
+    experiment's storage (a restored driver's staging folder is a new, empty one), else the pickled
+    exception. Ray 2.60's ``Trial`` has no ``error_msg``."""
+    try:  # outside a Ray session Ray cannot even name the staging folder (AssertionError)
+        path = trial.error_file
         if path and Path(path).exists():
             return Path(path).read_text()
-    except OSError:
+    except (AssertionError, OSError):
         pass
-    return str(getattr(trial, "error_msg", "") or "unknown error")
+    for read in (trial.get_error, trial.get_pickled_error):
+        try:
+            error = read()
+        except Exception as exc:  # storage unreachable or an exception class that no longer unpickles
+            log.warning("trial %s: reading its error with %s failed: %s", trial.trial_id, read.__name__, exc)
+            continue
+        if error:
+            return str(error)
+    return "unknown error"

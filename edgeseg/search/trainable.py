@@ -16,6 +16,13 @@ Two executors, chosen by the spec's ``resources.executor``:
   CPU trials want.
 
 Both executors report exactly the engine's per-epoch metrics; ``epoch`` is ASHA's time attribute.
+
+Failures have one retry budget, Tune's (``max_failures`` of the spec); the Train executor's own
+``FailureConfig`` is 0, or a failure would be retried ``(1 + max_failures)^2`` times. A failure that
+any retry would repeat (a non-finite loss, an invalid sampled configuration) is not retried at all.
+Tune has no per-exception retry policy, so the trial reports it once under
+``FAILED_DETERMINISTICALLY`` and then raises :class:`DeterministicTrialError`; the driver's tracker
+sees that report first and ends the trial's retry budget (``tracking.MlflowTracker``).
 """
 
 from __future__ import annotations
@@ -24,18 +31,54 @@ import json
 import logging
 import math
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from edgeseg import paths
+from edgeseg.config import ConfigError
 from edgeseg.engine.checkpoint import load_checkpoint
 from edgeseg.engine.fit import fit
+from edgeseg.engine.loop import NonFiniteLossError
 from edgeseg.search.spec import SearchSpec, trial_config, trial_overrides
 from edgeseg.search.storage import StorageFolder
 
 TRIAL_DRIVER_RESOURCE = "trial_driver"
 log = logging.getLogger("edgeseg.search.trial")
+
+# Errors that a retry of the same configuration would repeat.
+DETERMINISTIC_ERRORS: tuple[type[Exception], ...] = (NonFiniteLossError, ConfigError)
+# The key of the last result of a trial that failed deterministically (its value: the error).
+FAILED_DETERMINISTICALLY = "failed_deterministically"
+
+
+class DeterministicTrialError(RuntimeError):
+    """A trial failed the way any retry would (see ``DETERMINISTIC_ERRORS``); it is not retried."""
+
+
+def deterministic_failure(result: Mapping[str, Any] | None) -> str:
+    """The error of a trial result that announces a deterministic failure, else ``""``."""
+    return str((result or {}).get(FAILED_DETERMINISTICALLY) or "")
+
+
+def is_finite_number(value: Any) -> TypeGuard[int | float]:
+    """A metric value that can rank trials and checkpoints: a real number, not NaN or infinite."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@contextmanager
+def _deterministic_failures_not_retried(spec: SearchSpec) -> Iterator[None]:
+    try:
+        yield
+    except DETERMINISTIC_ERRORS as exc:
+        from ray import tune
+
+        message = f"{type(exc).__name__}: {exc}"
+        # Reported before raising: the driver reads it before Tune decides on a retry. The metric
+        # is there because Tune rejects a result without it; NaN never ranks (see is_finite_number).
+        tune.report({spec.metric: math.nan, FAILED_DETERMINISTICALLY: message})
+        raise DeterministicTrialError(f"{message} (not retried: a retry would fail the same way)") from exc
 
 
 def train_runs_path(spec: SearchSpec) -> str:
@@ -123,6 +166,17 @@ class CheckpointStore:
     def uri(self, entry: Mapping[str, Any]) -> str:
         return f"{self.folder.uri}/{entry['dir']}"
 
+    def ranked(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Best first by the search metric; a NaN, infinite or missing value ranks after every
+        finite one (``x > nan`` is always false, so a plain sort would let it pass as the best)."""
+        sign = -1.0 if self.mode == "max" else 1.0
+
+        def rank(entry: Mapping[str, Any]) -> tuple[bool, float]:
+            value = entry["metrics"].get(self.metric)
+            return (False, sign * float(value)) if is_finite_number(value) else (True, 0.0)
+
+        return sorted(entries, key=rank)
+
     def save(self, local_dir: Path, metrics: Mapping[str, float]) -> str:
         epoch = int(metrics["epoch"])
         name = f"epoch_{epoch:04d}"
@@ -130,9 +184,7 @@ class CheckpointStore:
         uri = self.folder.upload_dir(local_dir, name)
         entries = [e for e in self.entries() if e["epoch"] < epoch]  # later ones belong to a lost future
         entries.append({"dir": name, "epoch": epoch, "metrics": dict(metrics)})
-        sign = -1.0 if self.mode == "max" else 1.0
-        ranked = sorted(entries, key=lambda e: sign * float(e["metrics"].get(self.metric, -sign * math.inf)))
-        kept = {e["dir"] for e in ranked[: self.keep]} | {name}
+        kept = {e["dir"] for e in self.ranked(entries)[: self.keep]} | {name}
         survivors = sorted((e for e in entries if e["dir"] in kept), key=lambda e: e["epoch"])
         self.folder.write_text(self.MANIFEST, json.dumps({"checkpoints": survivors}))
         listed = {e["dir"] for e in survivors}
@@ -166,15 +218,17 @@ def function_trial(config: dict[str, Any], spec: SearchSpec) -> None:
     store = CheckpointStore(trial_runs_path(spec), trial_id, spec.keep_checkpoints, spec.metric, spec.mode)
     run_dir = Path(tempfile.mkdtemp(prefix=f"edgeseg-{trial_id}-"))
     latest = store.latest()
-    if latest is None:
-        _fit(spec, config, TuneReporter(store), None, run_dir)
-        return
-    uri = store.uri(latest)
-    # A restarted trial (Tuner.restore or a retry) continues after its latest checkpoint; that epoch
-    # is reported again in case the driver died before logging it (the tracker skips it otherwise).
-    tune.report({**_clean(latest["metrics"]), "checkpoint_path": uri})
-    with Checkpoint(path=uri).as_directory() as directory:
-        _fit(spec, config, TuneReporter(store), Path(directory), run_dir)
+    with _deterministic_failures_not_retried(spec):
+        if latest is None:
+            _fit(spec, config, TuneReporter(store), None, run_dir)
+            return
+        uri = store.uri(latest)
+        # A restarted trial (Tuner.restore or a retry) continues after its latest checkpoint; that
+        # epoch is reported again in case the driver died before logging it (the tracker skips it
+        # otherwise).
+        tune.report({**_clean(latest["metrics"]), "checkpoint_path": uri})
+        with Checkpoint(path=uri).as_directory() as directory:
+            _fit(spec, config, TuneReporter(store), Path(directory), run_dir)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -229,30 +283,44 @@ def train_driver_trial(config: dict[str, Any], spec: SearchSpec) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     trial_id = tune.get_context().get_trial_id()
-    report_to_tune: list[Any] = [TuneReportCallback()]
     res = spec.resources
     per_worker = {"CPU": res.cpus_per_worker}
     if res.gpus_per_worker:
         per_worker["GPU"] = res.gpus_per_worker
-    trainer = TorchTrainer(
-        train_worker_loop,
-        train_loop_config={"spec": spec, "trial": dict(config)},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=res.workers, use_gpu=res.gpus_per_worker > 0, resources_per_worker=per_worker
-        ),
-        run_config=ray.train.RunConfig(
-            name=f"train-{trial_id}",  # stable: a restarted trial resumes from Train's checkpoint
-            storage_path=train_runs_path(spec),
-            callbacks=report_to_tune,
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=spec.keep_checkpoints,
-                checkpoint_score_attribute=spec.metric,
-                checkpoint_score_order=spec.mode,
+    with _deterministic_failures_not_retried(spec):
+        # An invalid sampled configuration fails here, before a worker group is started for it.
+        trial_config(spec, trial_overrides(config), int(config.get("repeat", 0)))
+        report_to_tune: list[Any] = [TuneReportCallback()]
+        trainer = TorchTrainer(
+            train_worker_loop,
+            train_loop_config={"spec": spec, "trial": dict(config)},
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=res.workers, use_gpu=res.gpus_per_worker > 0, resources_per_worker=per_worker
             ),
-            failure_config=ray.train.FailureConfig(max_failures=spec.max_failures),
-        ),
-    )
-    trainer.fit()
+            run_config=ray.train.RunConfig(
+                name=f"train-{trial_id}",  # stable: a restarted trial resumes from Train's checkpoint
+                storage_path=train_runs_path(spec),
+                callbacks=report_to_tune,
+                checkpoint_config=ray.train.CheckpointConfig(
+                    num_to_keep=spec.keep_checkpoints,
+                    checkpoint_score_attribute=spec.metric,
+                    checkpoint_score_order=spec.mode,
+                ),
+                # Tune's FailureConfig holds the one retry budget (a Tune retry resumes from Train's
+                # checkpoint); retries here too would multiply the two.
+                failure_config=ray.train.FailureConfig(max_failures=0),
+            ),
+        )
+        try:
+            trainer.fit()
+        except ray.train.WorkerGroupError as exc:
+            # Ray Train hands back each failed worker's own exception.
+            cause = next(
+                (e for e in exc.worker_failures.values() if isinstance(e, DETERMINISTIC_ERRORS)), None
+            )
+            if cause is None:
+                raise
+            raise cause from exc
     # Nothing below fit() is guaranteed to run (Tune stops the trial actor at ASHA decisions).
 
 
