@@ -53,7 +53,7 @@ def run_demo(spec_path: str | Path = SMOKE) -> int:
         f"  .venv/bin/edgeseg report {spec.name}\n"
         "  .venv/bin/edgeseg search run searches/ablation.yaml   # the seed's feature grid (longer)"
     )
-    return 0 if outcome.state == "finished" else 3
+    return {"finished": 0, "incomplete": 4}.get(outcome.state, 3)  # the exit codes of `edgeseg search run`
 
 
 def _fmt(value: float | None, spec: str) -> str:

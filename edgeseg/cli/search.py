@@ -1,7 +1,9 @@
 """``edgeseg search run|submit|status|resume|stop`` and ``edgeseg fetch-best``: thin CLI handlers.
 
-Each handler is one call into a public function of ``edgeseg.search`` and returns an exit code:
-0 success, 3 a search that stopped before its end (resumable).
+Each handler is one call into a public function of ``edgeseg.search`` and returns an exit code.
+``run`` and ``resume``: 0 finished; 3 stopped before its end (``search stop``, Ctrl+C or SIGTERM;
+resumable); 4 incomplete (every trial ended but some errored; ``resume`` retries them); 2 an invalid
+spec, or another driver of the search is alive (the message names its pid, host and start time).
 """
 
 from __future__ import annotations
@@ -12,10 +14,16 @@ import json
 from typing import Any
 
 STOPPED_EXIT = 3
+INCOMPLETE_EXIT = 4
+EXIT_CODES = (
+    "exit codes: 0 finished; 3 stopped (search stop, Ctrl+C or SIGTERM), resumable; 4 incomplete: every "
+    "trial ended but some errored, `search resume` retries them; 2 invalid spec, or the search already "
+    "has a live driver"
+)
 
 
 def _outcome_code(outcome: Any) -> int:
-    return 0 if outcome.state == "finished" else STOPPED_EXIT
+    return {"finished": 0, "incomplete": INCOMPLETE_EXIT}.get(outcome.state, STOPPED_EXIT)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -51,7 +59,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from edgeseg.search.control import format_status, search_status
 
-    status = search_status(args.name, storage=args.storage)
+    status = search_status(args.name, storage=args.storage, tracking_uri=args.tracking_uri)
     print(json.dumps(dataclasses.asdict(status), indent=2) if args.json else format_status(status))
     return 0
 
@@ -86,10 +94,12 @@ def register(subparsers: Any) -> None:
     )
     sub = search.add_subparsers(dest="search_command", required=True)
 
-    p = sub.add_parser("run", help="run a search spec on local Ray (or --address)")
+    p = sub.add_parser("run", help="run a search spec on local Ray (or --address)", description=EXIT_CODES)
     p.add_argument("spec", help="a search spec YAML, e.g. searches/smoke.yaml")
     p.add_argument(
-        "--fresh", action="store_true", help="discard an earlier search of the same name and start over"
+        "--fresh",
+        action="store_true",
+        help="discard an earlier search of the same name and start over (refused while its driver lives)",
     )
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
@@ -110,18 +120,28 @@ def register(subparsers: Any) -> None:
     p.add_argument("--python", default="python", help="python executable on the cluster")
     p.set_defaults(func=cmd_submit)
 
-    for name, helptext, func in (
-        ("status", "trials, states, epochs, best metric, pruned or not", cmd_status),
-        ("resume", "continue a stopped or crashed search", cmd_resume),
-        ("stop", "stop one trial (--trial) or the whole search (resumable)", cmd_stop),
+    for name, helptext, func, description in (
+        ("status", "trials, states, epochs, best metric, pruned or not", cmd_status, None),
+        ("resume", "continue a stopped or crashed search", cmd_resume, EXIT_CODES),
+        (
+            "stop",
+            "stop one trial (--trial) or the whole search (resumable); needs only --storage",
+            cmd_stop,
+            None,
+        ),
     ):
-        p = sub.add_parser(name, help=helptext)
+        p = sub.add_parser(name, help=helptext, description=description)
         p.add_argument("name", help="the search name (the spec's name)")
         p.add_argument(
             "--storage", default=None, help="storage path the search used (default: $EDGESEG_HOME/searches)"
         )
         if name == "status":
             p.add_argument("--json", action="store_true")
+            p.add_argument(
+                "--tracking-uri",
+                default=None,
+                help="MLflow tracking URI as seen from here (default: the one the driver recorded)",
+            )
         if name == "resume":
             p.add_argument("--address", default=None)
             p.add_argument("--num-cpus", type=int, default=None)

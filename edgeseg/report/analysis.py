@@ -64,7 +64,7 @@ class Completeness:
     pruned: int
     errored: int
     running: int
-    state: str  # "finished" | "stopped" | "running" | "unknown"
+    state: str  # "finished" | "incomplete" (trials errored) | "stopped" | "running" | "unknown"
 
     @property
     def done(self) -> int:

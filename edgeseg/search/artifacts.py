@@ -17,9 +17,9 @@ from typing import Any
 
 from edgeseg.search import control
 from edgeseg.search.mlflow_runs import client_for, search_runs
-from edgeseg.search.names import ROLE_SEARCH, ROLE_TRIAL
+from edgeseg.search.names import ROLE_TRIAL
 from edgeseg.search.space import expected_trials
-from edgeseg.search.spec import SearchSpec, SpecError
+from edgeseg.search.spec import SpecError
 
 
 class NoQualifyingTrialError(SpecError):
@@ -41,35 +41,10 @@ class FetchedModel:
 
 
 def locate_search(name: str, storage: str | None, tracking_uri: str | None) -> tuple[str, str, str]:
-    """(tracking uri, experiment name, search id) for a search name."""
-
-    try:
-        record = control.read_record(name, storage)
-        return (
-            str(tracking_uri or record.spec.mlflow.tracking_uri),
-            record.spec.experiment_name,
-            record.search_id,
-        )
-    except control.SearchNotFoundError:
-        if storage is not None:
-            raise
-    # No storage folder here (e.g. another machine): find the newest search of that name in MLflow.
-    uri = str(tracking_uri or SearchSpec(name=name, preset="baseline").resolved().mlflow.tracking_uri)
-    client = client_for(uri)
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        raise SpecError(
-            f"no search named {name!r}: no storage record and no MLflow experiment {name!r} at {uri}"
-        )
-    parents = client.search_runs(
-        [experiment.experiment_id],
-        filter_string=f"tags.search_name = '{name}' and tags.role = '{ROLE_SEARCH}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    if not parents:
-        raise SpecError(f"MLflow experiment {name!r} at {uri} has no search run")
-    return uri, name, parents[0].data.tags["search_id"]
+    """(tracking uri, experiment name, search id) for a search name (see ``control.locate_tracking``:
+    the recorded experiment, which need not be named after the search)."""
+    location = control.locate_tracking(name, storage, tracking_uri)
+    return location.tracking_uri, location.experiment_name, location.search_id
 
 
 def search_expected_trials(name: str, storage: str | None) -> int | None:

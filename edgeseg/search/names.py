@@ -18,7 +18,7 @@ ROLE_TRIAL = "trial"
 TAG_ROLE = "role"
 TAG_SEARCH_ID = "search_id"
 TAG_SEARCH_NAME = "search_name"
-TAG_STATE = "state"  # trial: running | finished | pruned | errored | interrupted; search: running | finished | stopped
+TAG_STATE = "state"  # trial: running | finished | pruned | errored | interrupted; search: running | finished | incomplete | stopped
 # Tags of a trial run.
 TAG_TRIAL_ID = "ray_trial_id"
 TAG_TRIAL_NAME = "trial_name"

@@ -356,13 +356,15 @@ class MlflowTracker(tune.Callback):
         if self._exporter is not None:
             self._exporter.close()
 
-        complete = len(trials) >= expected_trials(self.spec) and all(t.status in TERMINAL for t in trials)
+        ended = len(trials) >= expected_trials(self.spec) and all(t.status in TERMINAL for t in trials)
+        errored = any(t.status == "ERROR" for t in trials)
+        state = ("incomplete" if errored else "finished") if ended else "stopped"
         for trial in trials:
             if trial.status not in TERMINAL and trial.trial_id in self._runs:
                 run_id = self._runs[trial.trial_id].run_id
                 self.client.set_tag(run_id, "state", "interrupted")
                 self.client.set_terminated(run_id, status="KILLED")
-        self.finalize_parent(complete)
+        self.finalize_parent(state)
 
     # -- end of a trial ----------------------------------------------------------------------
     def _user_stopped(self, trial_id: str) -> bool:
@@ -445,13 +447,14 @@ class MlflowTracker(tune.Callback):
             else:
                 self.on_trial_complete(0, trials, trial)
 
-    def finalize_parent(self, complete: bool) -> None:
+    def finalize_parent(self, state: str) -> None:
+        """Tag the parent run with the search's end ``state`` (finished | incomplete | stopped) and its counts."""
         client = self.client
         spec = self.spec
         runs = search_runs(client, self._experiment_id, {"search_id": self.search_id, "role": ROLE_TRIAL})
         best = best_run(runs, f"best/{spec.metric}", spec.mode) or best_run(runs, spec.metric, spec.mode)
         tags = {
-            "state": "finished" if complete else "stopped",
+            "state": state,
             "trials": str(len(runs)),
             "trials_pruned": str(sum(r.data.tags.get("pruned") == "true" for r in runs)),
             "trials_errored": str(sum(r.data.tags.get("state") == "errored" for r in runs)),
@@ -460,7 +463,9 @@ class MlflowTracker(tune.Callback):
             tags["best_run_id"] = best.info.run_id
         for key, value in tags.items():
             client.set_tag(self._parent_id, key, value)
-        client.set_terminated(self._parent_id, status="FINISHED" if complete else "KILLED")
+        client.set_terminated(
+            self._parent_id, status={"finished": "FINISHED", "incomplete": "FAILED"}.get(state, "KILLED")
+        )
 
 
 def _finite_or_none(text: str | None) -> float | None:

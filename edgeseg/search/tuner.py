@@ -2,15 +2,23 @@
 
 ``run_search`` is the driver of one search: it validates the spec, records it in the search's
 storage folder, prepares data, backbone and feature caches once (trials then only read caches),
-starts or joins Ray, and calls ``Tuner.fit()`` with the MLflow tracker, the stop-request stopper,
-the driver heartbeat and the progress table. ``resume_search`` restores the Tuner from its storage
-folder (searcher and scheduler state included) with ``resume_errored=True``: unfinished trials
-continue from their checkpoints and errored ones are retried.
+starts or joins Ray, and calls ``Tuner.fit()`` with the MLflow tracker, the stop-request stopper
+and the progress table. ``resume_search`` restores the Tuner from its storage folder (searcher and
+scheduler state included) with ``resume_errored=True``: unfinished trials continue from their
+checkpoints and errored ones are retried.
+
+Both hold the search's :class:`~edgeseg.search.control.DriverLease` for their whole life (one live
+driver per search; ``run --fresh`` is refused while another driver lives), and both treat SIGTERM
+(``ray job stop``, ``docker compose down``, Kubernetes) exactly like SIGINT: Tune saves the
+experiment state and returns, the outcome is ``stopped``, and ``search resume`` continues. A search
+whose trials all ended but some errored is ``incomplete``, never ``finished``.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +28,7 @@ from typing import Any
 from edgeseg import paths
 from edgeseg.engine.prepare import prepare
 from edgeseg.search import control
-from edgeseg.search.mlflow_runs import client_for, search_runs
+from edgeseg.search.mlflow_runs import client_for, ensure_experiment, search_runs
 from edgeseg.search.names import ROLE_SEARCH, ROLE_TRIAL
 from edgeseg.search.progress import ProgressTable
 from edgeseg.search.space import expected_trials, param_space, search_algorithm
@@ -28,6 +36,7 @@ from edgeseg.search.spec import SearchSpec, SpecError, grid_variants, load_spec,
 from edgeseg.search.storage import StorageFolder, control_folder, experiment_uri
 from edgeseg.search.tracking import MlflowTracker
 from edgeseg.search.trainable import TRIAL_DRIVER_RESOURCE, driver_resources_needed, make_trainable
+from edgeseg.secrets import protect_ray_auth_token
 
 DEFAULT_LOG: Callable[[str], Any] = print
 
@@ -40,7 +49,7 @@ class SearchExistsError(SpecError):
 class SearchOutcome:
     name: str
     search_id: str
-    state: str  # finished | stopped
+    state: str  # finished | incomplete (every trial ended, some errored) | stopped (resumable)
     experiment_path: str
     trials: int
     expected_trials: int
@@ -101,6 +110,7 @@ def _init_ray(spec: SearchSpec, address: str | None, num_cpus: int | None) -> No
             if needed:
                 kwargs["resources"] = {TRIAL_DRIVER_RESOURCE: needed}
         ray.init(**kwargs)
+        protect_ray_auth_token()  # Ray writes its token file world-readable
     if needed and ray.cluster_resources().get(TRIAL_DRIVER_RESOURCE, 0) < 1:
         raise SpecError(
             f"search spec {spec.source}: resources.executor train needs the custom Ray resource "
@@ -178,26 +188,35 @@ def run_search(
     if not isinstance(spec, SearchSpec):
         spec = load_spec(spec)
     spec = spec.resolved()
-    experiment = StorageFolder(experiment_uri(str(spec.storage), spec.name))
-    if experiment.exists():
-        if not fresh:
-            raise SearchExistsError(
-                f"search {spec.name!r} already exists at {experiment.uri}; `edgeseg search resume {spec.name}` "
-                "continues it, --fresh starts over (its MLflow runs stay, under the old search id)"
+    # The lease first: a live driver must not see its folder deleted by --fresh.
+    with SigtermAsInterrupt() as sigterm, control.DriverLease.for_spec(spec) as lease:
+        experiment = StorageFolder(experiment_uri(str(spec.storage), spec.name))
+        if experiment.exists():
+            if not fresh:
+                raise SearchExistsError(
+                    f"search {spec.name!r} already exists at {experiment.uri}; `edgeseg search resume {spec.name}` "
+                    "continues it, --fresh starts over (its MLflow runs stay, under the old search id)"
+                )
+            experiment.delete_tree()
+        search_id = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid() % 10000:04d}"
+        record = control.write_record(spec, search_id)
+        lease.start("preparing")
+        started = time.perf_counter()
+        with paths.using_home(spec.home):
+            prepared = prepare_once(spec, log)
+            log(
+                f"search {spec.name} ({search_id}): prepared {prepared} feature set(s) in {time.perf_counter() - started:.1f} s"
             )
-        experiment.delete_tree()
-    search_id = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid() % 10000:04d}"
-    control.write_record(spec, search_id)
-    control.write_driver_state(spec, "preparing")
-    started = time.perf_counter()
-    with paths.using_home(spec.home):
-        prepared = prepare_once(spec, log)
-        log(
-            f"search {spec.name} ({search_id}): prepared {prepared} feature set(s) in {time.perf_counter() - started:.1f} s"
-        )
-        _init_ray(spec, address, num_cpus)
-        tuner = build_tuner(spec, search_id, progress, callbacks)
-        return _fit(tuner, spec, search_id, started, log)
+            _init_ray(spec, address, num_cpus)
+            sigterm.install()  # ray.init put its own SIGTERM handler (a hard exit) in place of ours
+            # The experiment's id goes into the record (status and fetch-best find it after a rename).
+            # Created here, when the tracker would create it: a fresh SQLite store must not be
+            # initialised while another process initialises it too (Alembic fails on that race).
+            client = client_for(str(spec.mlflow.tracking_uri))
+            experiment_id = ensure_experiment(client, spec.experiment_name, spec.mlflow.artifact_location)
+            control.write_record(spec, search_id, experiment_id, created=record.created)
+            tuner = build_tuner(spec, search_id, progress, callbacks)
+            return _fit(tuner, spec, search_id, started, log, lease)
 
 
 def resume_search(
@@ -208,53 +227,86 @@ def resume_search(
     num_cpus: int | None = None,
     log: Callable[[str], Any] = DEFAULT_LOG,
 ) -> SearchOutcome:
-    """Continue a stopped or crashed search: unfinished trials resume, errored ones are retried."""
+    """Continue a stopped or crashed search: unfinished trials resume, errored ones are retried.
+
+    Refused (:class:`~edgeseg.search.control.DriverRunningError`) while another driver of the search lives.
+    """
     from ray import tune
 
     record = control.read_record(name, storage)
     spec = record.spec
     path = experiment_uri(str(spec.storage), name)
-    if not tune.Tuner.can_restore(path):
-        raise SpecError(
-            f"search {name!r} has no Tune state to resume at {path} (it never started its trials)"
-        )
-    driver = control.driver_state(name, str(spec.storage))
-    if driver.get("state") in ("running", "preparing"):
-        raise SpecError(
-            f"search {name!r} is running (pid {driver.get('pid')} on {driver.get('host')}); stop it first"
-        )
-    control.clear_stop_all(spec)
-    control.write_driver_state(spec, "preparing")
-    started = time.perf_counter()
-    with paths.using_home(spec.home):
-        prepare_once(spec, log)
-        _init_ray(spec, address, num_cpus)
-        tuner = tune.Tuner.restore(
-            path, trainable=make_trainable(spec), resume_unfinished=True, resume_errored=True
-        )
-        log(f"resuming search {name} ({record.search_id}) from {path}")
-        return _fit(tuner, spec, record.search_id, started, log)
+    with SigtermAsInterrupt() as sigterm, control.DriverLease.for_spec(spec) as lease:
+        if not tune.Tuner.can_restore(path):
+            raise SpecError(
+                f"search {name!r} has no Tune state to resume at {path} (it never started its trials)"
+            )
+        control.clear_stop_all(spec)
+        lease.start("preparing")
+        started = time.perf_counter()
+        with paths.using_home(spec.home):
+            prepare_once(spec, log)
+            _init_ray(spec, address, num_cpus)
+            sigterm.install()
+            tuner = tune.Tuner.restore(
+                path, trainable=make_trainable(spec), resume_unfinished=True, resume_errored=True
+            )
+            log(f"resuming search {name} ({record.search_id}) from {path}")
+            return _fit(tuner, spec, record.search_id, started, log, lease)
+
+
+class SigtermAsInterrupt:
+    """SIGTERM stops the driver the way SIGINT does (``ray job stop``, ``docker compose down`` and
+    Kubernetes send SIGTERM): during ``Tuner.fit()`` Tune's own SIGINT handler saves the experiment
+    state and returns, so the search can be resumed; elsewhere it is a KeyboardInterrupt. A second
+    signal is a hard stop, as a second Ctrl+C is. The previous handler comes back on exit (in the
+    main thread only: Python delivers signals there).
+    """
+
+    def __enter__(self) -> SigtermAsInterrupt:
+        self.main = threading.current_thread() is threading.main_thread()
+        previous = signal.getsignal(signal.SIGTERM) if self.main else None
+        self.previous = signal.SIG_DFL if previous is None else previous  # None: not set from Python
+        self.install()
+        return self
+
+    def install(self) -> None:
+        if self.main:
+            signal.signal(signal.SIGTERM, self._handle)
+
+    @staticmethod
+    def _handle(signum: int, frame: Any) -> None:
+        handler = signal.getsignal(signal.SIGINT)
+        if not callable(handler):  # SIGINT ignored (a background job) or default: stop all the same
+            raise KeyboardInterrupt
+        handler(signal.SIGINT, frame)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.main:
+            signal.signal(signal.SIGTERM, self.previous)
 
 
 def _fit(
-    tuner: Any, spec: SearchSpec, search_id: str, started: float, log: Callable[[str], Any]
+    tuner: Any,
+    spec: SearchSpec,
+    search_id: str,
+    started: float,
+    log: Callable[[str], Any],
+    lease: control.DriverLease,
 ) -> SearchOutcome:
 
-    control.write_driver_state(spec, "running")
-    try:
-        tuner.fit()
-    except BaseException:
-        control.write_driver_state(spec, "failed")
-        raise
+    lease.set_state("running")
+    tuner.fit()  # an exception or a second interrupt leaves through the lease: driver state failed/stopped
     control.clear_stop_all(spec)
     path = experiment_uri(str(spec.storage), spec.name)
     trials = control.tune_trials(path)
     terminated = sum(1 for state, _ in trials.values() if state == "TERMINATED")
     errored = sum(1 for state, _ in trials.values() if state == "ERROR")
     expected = expected_trials(spec)
-    finished = len(trials) >= expected and terminated + errored == len(trials)
-    state = "finished" if finished else "stopped"
-    control.write_driver_state(spec, state)
+    ended = len(trials) >= expected and terminated + errored == len(trials)
+    # Errored trials are work not done: `search resume` retries them, so the search is not finished.
+    state = ("incomplete" if errored else "finished") if ended else "stopped"
+    lease.set_state(state)
 
     client = client_for(str(spec.mlflow.tracking_uri))
     experiment = client.get_experiment_by_name(spec.experiment_name)
@@ -267,9 +319,13 @@ def _fit(
         spec.name, search_id, state, path, len(trials), expected, terminated, errored, pruned, epochs,
         time.perf_counter() - started, best_run_id,
     )  # fmt: skip
+    advice = {
+        "finished": "",
+        "incomplete": f"; `edgeseg search resume {spec.name}` retries the errored trials",
+        "stopped": f"; resume with `edgeseg search resume {spec.name}`",
+    }[state]
     log(
         f"search {spec.name} {state}: {len(trials)}/{expected} trials, {pruned} pruned, {errored} errored, "
-        f"{epochs} epochs in {outcome.wall_s:.1f} s"
-        + ("" if finished else f"; resume with `edgeseg search resume {spec.name}`")
+        f"{epochs} epochs in {outcome.wall_s:.1f} s{advice}"
     )
     return outcome

@@ -411,7 +411,10 @@ def test_start_server_defaults_to_sqlite_on_loopback(fake_mlflow: Path, tmp_path
     assert argv[0] == "server"
     assert "--backend-store-uri" not in argv and "--artifacts-destination" not in argv  # env, not argv (ps)
     assert record["env"]["MLFLOW_BACKEND_STORE_URI"] == f"sqlite:///{data}/mlflow.db"
-    assert record["env"]["MLFLOW_ARTIFACTS_DESTINATION"] == str(data / "artifacts") and "--serve-artifacts" in argv
+    assert (
+        record["env"]["MLFLOW_ARTIFACTS_DESTINATION"] == str(data / "artifacts")
+        and "--serve-artifacts" in argv
+    )
     assert option("--host") == "127.0.0.1" and option("--port") == "5000"
     assert "--app-name" not in argv
     assert record["cwd"] == str(data) and (data / "artifacts").is_dir()
