@@ -187,13 +187,23 @@ def _usable(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _varying_factors(usable: pd.DataFrame, factors: Sequence[str]) -> tuple[list[str], list[str]]:
-    varying = [f for f in factors if usable[f].nunique() > 1]
-    notes = [
-        f"factor {f!r} does not vary among the finished trials "
-        f"({', '.join(repr(v) for v in sorted(usable[f].unique())) or 'no finished trial'}) and is left out"
-        for f in factors
-        if f not in varying
-    ]
+    """The factors that vary, minus those fully determined by the factors before them (e.g. ``layers``
+    and ``fusion`` when an axis ``multiscale`` sets both): such a factor adds no information, only
+    columns the model cannot separate. ``factors`` comes in order of priority (declared axes first)."""
+    varying: list[str] = []
+    notes = []
+    for factor in factors:
+        if usable[factor].nunique() <= 1:
+            levels = ", ".join(repr(v) for v in sorted(usable[factor].unique())) or "no finished trial"
+            notes.append(
+                f"factor {factor!r} does not vary among the finished trials ({levels}) and is left out"
+            )
+        elif varying and usable.groupby(varying)[factor].nunique().max() == 1:
+            notes.append(
+                f"factor {factor!r} is determined by {', '.join(varying)} and is left out (no effect of its own)"
+            )
+        else:
+            varying.append(factor)
     return varying, notes
 
 

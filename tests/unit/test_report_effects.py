@@ -397,7 +397,8 @@ def test_aliased_factors_are_reported_as_not_estimable() -> None:
     # "layers" changes exactly when the decoder leaves "plain": the design cannot separate them.
     trials = make_trials(rng_seed=10)
     trials["layers"] = np.where(trials["decoder"] == "plain", "deep", "all")
-    analysis = run(trials, factors=("cascade", "decoder", "layers"), references={"layers": "deep"})
+    # Listed before the decoder, "layers" is kept (the cascade does not determine it) and collides with it.
+    analysis = run(trials, factors=("cascade", "layers", "decoder"), references={"layers": "deep"})
     cascade = effect(analysis, "cascade", "true")
     assert cascade["ci_low"] <= EXPECTED["cascade", "true"] <= cascade["ci_high"]
     for factor, level in (("decoder", "hierarchical"), ("decoder", "class_specific"), ("layers", "all")):
@@ -405,6 +406,18 @@ def test_aliased_factors_are_reported_as_not_estimable() -> None:
         assert math.isnan(row["estimate"]) and math.isnan(row["ci_low"])
         assert row["verdict"] == "undecided" and pd.isna(row["more_seeds"])
     assert any("layers=all" in n and "cannot be estimated" in n for n in analysis.notes)
+
+
+def test_a_factor_determined_by_earlier_factors_is_left_out_and_the_others_estimated() -> None:
+    # As with an axis "multiscale" that sets "layers": the later factor repeats what an earlier one says.
+    trials = make_trials(rng_seed=10)
+    trials["layers"] = np.where(trials["decoder"] == "plain", "deep", "all")
+    analysis = run(trials, factors=("cascade", "decoder", "layers"))
+    assert "layers" not in analysis.factors
+    assert any("'layers' is determined by cascade, decoder" in n for n in analysis.notes)
+    for key in (("cascade", "true"), ("decoder", "hierarchical")):
+        row = effect(analysis, *key)
+        assert row["ci_low"] <= EXPECTED[key] <= row["ci_high"]
 
 
 # --- Pareto fronts and curves --------------------------------------------------------------------
