@@ -527,7 +527,31 @@ def _check_overrides(
 
 
 def _check_combinations(r: _Reader, spec: SearchSpec, base: ExperimentConfig) -> None:
-    kinds = {axis.name: axis.kind for axis in spec.space}
+    """Checks across keys: axes, metric and mode, searcher, scheduler, resources."""
+    keys = _check_axis_keys(r, spec)
+    expected_mode = metric_mode(spec.metric)
+    if expected_mode is not None and spec.mode != expected_mode:
+        better = "lower" if expected_mode == "min" else "higher"
+        r.fail(
+            "mode",
+            f"{spec.mode!r} contradicts metric {spec.metric!r} ({better} is better; use mode: {expected_mode})",
+        )
+    _check_searcher(r, spec)
+    if spec.repeats > 1 and "train.seed" in keys:
+        r.fail("repeats", "repeats set train.seed; do not also search over train.seed")
+    if "train.eval_every" in keys or base.train.eval_every != 1:
+        r.fail("base.overrides.train.eval_every", "searches need validation metrics every epoch; keep it 1")
+    _check_scheduler(r, spec, base, keys)
+    _check_resources(r, spec)
+    if spec.searcher.kind == "grid":
+        try:
+            grid_variants(spec, base)
+        except ConfigError as exc:
+            raise SpecError(f"search spec {r.source}: {exc}") from exc
+
+
+def _check_axis_keys(r: _Reader, spec: SearchSpec) -> set[str]:
+    """The config keys the axes set; two axes setting one key are refused."""
     setters: dict[str, str] = {}
     for axis in spec.space:
         for config_key in axis_keys(axis):
@@ -537,14 +561,10 @@ def _check_combinations(r: _Reader, spec: SearchSpec, base: ExperimentConfig) ->
                     f"sets {config_key!r}, which axis {setters[config_key]!r} sets too; one would silently win",
                 )
             setters[config_key] = axis.name
-    keys = set(setters)
-    expected_mode = metric_mode(spec.metric)
-    if expected_mode is not None and spec.mode != expected_mode:
-        better = "lower" if expected_mode == "min" else "higher"
-        r.fail(
-            "mode",
-            f"{spec.mode!r} contradicts metric {spec.metric!r} ({better} is better; use mode: {expected_mode})",
-        )
+    return set(setters)
+
+
+def _check_searcher(r: _Reader, spec: SearchSpec) -> None:
     if spec.searcher.kind == "optuna":
         for axis in spec.space:
             if axis.kind == "grid":
@@ -569,15 +589,14 @@ def _check_combinations(r: _Reader, spec: SearchSpec, base: ExperimentConfig) ->
         if not spec.space:
             r.fail("space", "searcher optuna needs at least one axis")
     if spec.searcher.kind == "grid":
-        for name, kind in kinds.items():
-            if kind != "grid":
-                r.fail(f"space.{name}", f"searcher.kind grid takes only grid axes, not {kind}")
+        for axis in spec.space:
+            if axis.kind != "grid":
+                r.fail(f"space.{axis.name}", f"searcher.kind grid takes only grid axes, not {axis.kind}")
         if spec.num_samples != 1:
             r.fail("num_samples", "must be 1 with searcher.kind grid (the grid defines the trials)")
-    if spec.repeats > 1 and "train.seed" in keys:
-        r.fail("repeats", "repeats set train.seed; do not also search over train.seed")
-    if "train.eval_every" in keys or base.train.eval_every != 1:
-        r.fail("base.overrides.train.eval_every", "searches need validation metrics every epoch; keep it 1")
+
+
+def _check_scheduler(r: _Reader, spec: SearchSpec, base: ExperimentConfig, keys: set[str]) -> None:
     if spec.scheduler.kind == "asha":
         if "train.epochs" in keys and not spec.scheduler.max_t:
             r.fail("scheduler.max_t", "is required when train.epochs is searched")
@@ -593,6 +612,9 @@ def _check_combinations(r: _Reader, spec: SearchSpec, base: ExperimentConfig) ->
             r.fail("scheduler.reduction_factor", "must be > 1")
     elif spec.scheduler.max_t:
         r.fail("scheduler.max_t", "only applies to scheduler.kind asha")
+
+
+def _check_resources(r: _Reader, spec: SearchSpec) -> None:
     res = spec.resources
     if res.cpus_per_worker <= 0:
         r.fail("resources.cpus_per_worker", "must be > 0")
@@ -602,11 +624,6 @@ def _check_combinations(r: _Reader, spec: SearchSpec, base: ExperimentConfig) ->
         r.fail(
             "resources.workers", "the function executor runs one process; use executor: train for workers > 1"
         )
-    if spec.searcher.kind == "grid":
-        try:
-            grid_variants(spec, base)
-        except ConfigError as exc:
-            raise SpecError(f"search spec {r.source}: {exc}") from exc
 
 
 def _is_number(value: Any) -> bool:
