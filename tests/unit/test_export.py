@@ -311,3 +311,85 @@ def test_roi_coordinates_export_and_matter(tmp_path):
     with torch.no_grad():
         head.coordinates.embed.weight.zero_()
     assert np.abs(torch_logits(head, features, ROIS) - masks).max() > 1e-3  # the coordinates took part
+
+
+def gathers_reading(graph: onnx.GraphProto, sources: set[str]) -> list[str]:
+    """Gather-family nodes whose data input is computed from ``sources`` (how RoIAlign used to export)."""
+    derived = set(sources)
+    found = []
+    for node in graph.node:  # topologically sorted
+        if node.op_type in ("Gather", "GatherND", "GatherElements") and node.input[0] in derived:
+            found.append(node.name or node.op_type)
+        if derived & set(node.input):
+            derived.update(node.output)
+    return found
+
+
+# (batch_index, x1, y1, x2, y2) in pixels of the 64x64 input: borders, tiny and (partly) outside boxes.
+EDGE_ROIS = np.array(
+    [
+        [0, 0, 0, 64, 64],  # the whole image, on every border
+        [1, 0, 20, 10, 64],  # on the left and bottom borders
+        [0, 56, 0, 64, 8],  # top-right corner
+        [1, 63.4, 63.4, 64, 64],  # tiny, in the bottom-right corner
+        [0, 20.3, 30.1, 20.5, 30.2],  # tiny, inside
+        [1, 5, 5, 5, 5],  # zero size
+        [0, -16, -10, 12, 20],  # partly outside, top-left
+        [1, 50, 40, 90, 75],  # partly outside, bottom-right
+        [0, -30, -30, -10, -5],  # entirely outside
+    ],
+    dtype=np.float32,
+)
+
+
+def test_exported_head_uses_native_roialign_and_matches_torch_on_edge_rois(tmp_path):
+    torch.manual_seed(0)
+    head = build_head(tiny_config("plain", roi_sizes=(16, 12, 8), rgb_layers=("l4", "l16")), LAYERS)
+    report = export_head(head, LAYERS, INPUT_SIZE, tmp_path / "head.onnx")
+
+    graph = onnx.load(str(report.onnx_path)).graph
+    aligns = [node for node in graph.node if node.op_type == "RoiAlign"]
+    scales = sorted(
+        helper.get_attribute_value(a) for node in aligns for a in node.attribute if a.name == "spatial_scale"
+    )
+    assert scales == pytest.approx([1 / 16, 1 / 8, 1 / 4, 1 / 2, 1 / 2])  # three layers, two RGB ROI sizes
+    for node in aligns:
+        attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        assert attributes["mode"] == b"avg" and attributes["coordinate_transformation_mode"] == b"half_pixel"
+        assert attributes["sampling_ratio"] == 2
+    assert gathers_reading(graph, {"features_l4", "features_l8", "features_l16", "image"}) == []
+
+    features, image = random_inputs(head, batch_size=2, seed=3)
+    feed = dict(zip(["features_l4", "features_l8", "features_l16"], features, strict=True)) | {"image": image}
+    (masks,) = session(report.onnx_path).run(["masks"], feed | {"rois": EDGE_ROIS})
+    np.testing.assert_allclose(masks, torch_logits(head, features, EDGE_ROIS, image), atol=1e-4, rtol=0)
+
+
+def test_export_below_opset_16_raises(tmp_path):
+    head = build_head(tiny_config("plain", layers=("l8",)), LAYERS)
+    with pytest.raises(ValueError, match="opset >= 16"):
+        export_head(head, LAYERS, INPUT_SIZE, tmp_path / "head.onnx", opset=15)
+
+
+@pytest.mark.parametrize("rgb", [False, True])
+def test_merged_graph_matches_torch_on_edge_rois(tmp_path, rgb):
+    layers = {"l4": LAYERS["l4"], "l8": LAYERS["l8"]}
+    torch.manual_seed(0)
+    head = build_head(tiny_config("plain", layers=("l4", "l8"), rgb_layers=("l4",) if rgb else ()), layers)
+    head_path = export_head(head, layers, INPUT_SIZE, tmp_path / "head.onnx").onnx_path
+    backbone_path = tmp_path / "backbone.onnx"
+    tiny_backbone(backbone_path, uint8_input=False)
+    merged_path = merge_backbone_and_head(
+        backbone_path,
+        {"l4": "feat_s4", "l8": "feat_s8"},
+        head_path,
+        tmp_path / "merged.onnx",
+        image_scale=1.0,
+    )
+    assert [node.op_type for node in onnx.load(str(merged_path)).graph.node].count("RoiAlign") == 2 + rgb
+
+    images = np.random.default_rng(4).integers(0, 256, (2, 3, 64, 64)).astype(np.float32)
+    features = session(backbone_path).run(["feat_s4", "feat_s8"], {"images": images})
+    expected = torch_logits(head, features, EDGE_ROIS, images if rgb else None)
+    (actual,) = session(merged_path).run(["masks"], {"images": images, "rois": EDGE_ROIS})
+    np.testing.assert_allclose(actual, expected, atol=1e-4, rtol=0)
