@@ -9,7 +9,6 @@ The exported graph (opset 17, TorchScript exporter) takes, in this order:
 * ``rois``: float32 [N, 5] = (batch_index, x1, y1, x2, y2) in input-image pixels (dynamic N, N may be 0);
 
 and returns ``masks``: float32 [N, 3, M, M] logits (0 background, 1 target, 2 other persons).
-Each RoIAlign is one native ONNX ``RoiAlign`` node (opset >= 16, ``half_pixel``), not a gather graph.
 The sidecar ``<stem>.json`` describes all of this plus the layer map, preprocessing, config and metrics,
 so the file can be used without edgeseg. :func:`merge_backbone_and_head` joins a backbone ONNX and a
 head ONNX into one graph ``image`` (0..255, the backbone's preprocessing inside) + ``rois`` -> ``masks``.
@@ -43,7 +42,6 @@ from edgeseg.complexity import (
 from edgeseg.config import CLASS_NAMES
 from edgeseg.engine.checkpoint import head_from_checkpoint, infos_from_dict, load_checkpoint
 from edgeseg.models.head import RoiSegmentationHead
-from edgeseg.models.roi_align import MIN_ONNX_OPSET
 
 OPSET = 17
 SIDECAR_FORMAT = "edgeseg-head-onnx/1"
@@ -170,8 +168,6 @@ def export_head(
     optionally ``height``/``width``/``output_name``. ``extra`` entries (e.g. ``preprocessing``) are added
     to the sidecar at top level. Raises :class:`ExportParityError` when the max |diff| exceeds ``tolerance``.
     """
-    if opset < MIN_ONNX_OPSET:
-        raise ValueError(f"opset {opset}: the head's RoIAlign needs ONNX opset >= {MIN_ONNX_OPSET}")
     missing = [layer for layer in head.layer_ids if layer not in layer_infos]
     if missing:
         raise ValueError(f"layer_infos lacks layers {missing} of the head (has {sorted(layer_infos)})")

@@ -1,31 +1,24 @@
-"""RoIAlign in plain torch (Mask R-CNN, He et al. 2017), exported as ONNX's own ``RoiAlign`` operator.
+"""RoIAlign in plain torch (Mask R-CNN, He et al. 2017), exportable to ONNX with a dynamic ROI count.
 
 Every output bin averages ``sampling_ratio**2`` bilinear samples spread evenly over the bin, and
 the samples cover the *whole* ROI (the original project's pooling sampled only a patch near the
-ROI's top-left corner). The semantics are those of the ONNX ``RoiAlign`` operator (opset 16, mode
-``avg``, a fixed ``sampling_ratio``), which the tests use as the reference: with ``aligned=True``
-(``half_pixel``) a box edge at input pixel ``x`` sits at feature coordinate ``x * spatial_scale - 0.5``;
-samples further than one pixel outside the map contribute zero; samples within one pixel of the
-border read the clamped border value.
+ROI's top-left corner). The semantics follow the ONNX ``RoiAlign`` operator (mode ``avg``), which the
+tests use as the reference: with ``aligned=True`` (``half_pixel``) a box edge at input pixel ``x``
+sits at feature coordinate ``x * spatial_scale - 0.5``; samples further than one pixel outside the
+map contribute zero; samples within one pixel of the border read the clamped border value.
 
-In torch the feature map is flattened to a table of rows ``[B*H*W, C]`` and every output pixel is a
-weighted sum of ``(2 * sampling_ratio)**2`` rows (two bilinear taps per axis per sample): one
-``embedding_bag`` call, fast, with no large intermediate, and differentiable w.r.t. the features.
-Inside ``torch.onnx.export`` (the TorchScript exporter) the same computation runs once for the trace
-but is written to the graph as a single ``RoiAlign`` node (opset >= 16), which ONNX Runtime runs
-natively, for any number of ROIs, zero included.
+The feature map is flattened to a table of rows ``[B*H*W, C]``; every output pixel is a weighted sum
+of ``(2 * sampling_ratio)**2`` rows (two bilinear taps per axis per sample). In torch that sum is one
+``embedding_bag`` call (fast, no large intermediate, differentiable w.r.t. the features); inside
+``torch.onnx.export`` it is written as one ``Gather`` per tap, plain ONNX ops whose shapes never
+reshape by N, so the graph takes any number of ROIs, zero included.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-# ONNX RoiAlign got ``coordinate_transformation_mode`` (and with it ``half_pixel``) in opset 16.
-MIN_ONNX_OPSET = 16
 
 
 def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -59,108 +52,6 @@ def _axis_samples(
     return index, weight
 
 
-def _roi_align_torch(
-    features: Tensor,
-    boxes: Tensor,
-    batch_index: Tensor,
-    output_size: tuple[int, int],
-    spatial_scale: float,
-    sampling_ratio: int,
-    aligned: bool,
-) -> Tensor:
-    """The computation of :func:`roi_align` on ``boxes`` [N,4] (x1, y1, x2, y2) and ``batch_index`` [N]."""
-    out_h, out_w = output_size
-    _, channels, height, width = features.shape
-
-    # Coordinates in float32 even for half-precision features: fp16 cannot resolve pixels near 640.
-    boxes = boxes.float()
-    offset = 0.5 if aligned else 0.0
-    x1 = boxes[:, 0] * spatial_scale - offset
-    y1 = boxes[:, 1] * spatial_scale - offset
-    roi_w = boxes[:, 2] * spatial_scale - offset - x1
-    roi_h = boxes[:, 3] * spatial_scale - offset - y1
-    if not aligned:
-        # Legacy (non-half-pixel) RoIAlign forces ROIs to be at least one cell wide.
-        roi_w = roi_w.clamp(min=1.0)
-        roi_h = roi_h.clamp(min=1.0)
-    y_index, y_weight = _axis_samples(y1, roi_h, out_h, sampling_ratio, height)
-    x_index, x_weight = _axis_samples(x1, roi_w, out_w, sampling_ratio, width)
-    row_offset = (batch_index.long() * (height * width))[:, None, None]
-    # Every output pixel reads (2 * sampling_ratio)**2 rows of the [B*H*W, C] table: [N, h, w, 2sr, 2sr].
-    index = (y_index * width + row_offset)[:, :, None, :, None] + x_index[:, None, :, None, :]
-    weight = (y_weight[:, :, None, :, None] * x_weight[:, None, :, None, :]).to(features.dtype)
-    table = features.permute(0, 2, 3, 1).reshape(-1, channels)
-    # One fused weighted gather-and-sum: no [N, h, w, taps, C] intermediate in memory.
-    num_rois, taps = boxes.shape[0], (2 * sampling_ratio) ** 2
-    pooled = F.embedding_bag(
-        index.reshape(num_rois * out_h * out_w, taps),
-        table,
-        per_sample_weights=weight.reshape(num_rois * out_h * out_w, taps),
-        mode="sum",
-    )
-    return pooled.reshape(num_rois, out_h, out_w, channels).permute(0, 3, 1, 2)
-
-
-class _OnnxRoiAlign(torch.autograd.Function):
-    """Export only: the torch computation for the trace, one ONNX ``RoiAlign`` node in the graph.
-
-    Only ever applied under ``torch.onnx.export``, so it needs no backward; training and eager
-    inference call :func:`_roi_align_torch` directly and keep its gradients.
-    """
-
-    @staticmethod
-    def forward(
-        ctx: Any,
-        features: Tensor,
-        boxes: Tensor,
-        batch_index: Tensor,
-        output_height: int,
-        output_width: int,
-        spatial_scale: float,
-        sampling_ratio: int,
-        aligned: bool,
-    ) -> Tensor:
-        return _roi_align_torch(
-            features,
-            boxes,
-            batch_index,
-            (output_height, output_width),
-            spatial_scale,
-            sampling_ratio,
-            aligned,
-        )
-
-    @staticmethod
-    def symbolic(
-        g: Any,
-        features: Any,
-        boxes: Any,
-        batch_index: Any,
-        output_height: int,
-        output_width: int,
-        spatial_scale: float,
-        sampling_ratio: int,
-        aligned: bool,
-    ) -> Any:
-        if g.opset < MIN_ONNX_OPSET:
-            raise ValueError(
-                f"RoIAlign exports as ONNX RoiAlign with coordinate_transformation_mode, which needs "
-                f"opset >= {MIN_ONNX_OPSET}; got opset {g.opset}"
-            )
-        return g.op(
-            "RoiAlign",
-            features,
-            boxes,
-            batch_index,
-            mode_s="avg",
-            output_height_i=output_height,
-            output_width_i=output_width,
-            sampling_ratio_i=sampling_ratio,
-            spatial_scale_f=spatial_scale,
-            coordinate_transformation_mode_s="half_pixel" if aligned else "output_half_pixel",
-        )
-
-
 def roi_align(
     features: Tensor,
     rois: Tensor,
@@ -180,23 +71,46 @@ def roi_align(
     if sampling_ratio < 1:
         raise ValueError(f"sampling_ratio must be >= 1, got {sampling_ratio}")
     out_h, out_w = _pair(output_size)
-    boxes, batch_index = rois[:, 1:], rois[:, 0].long()
-    if torch.onnx.is_in_onnx_export():
-        # ONNX RoiAlign wants the boxes in the features' type and the batch indices as int64.
-        pooled: Tensor = _OnnxRoiAlign.apply(
-            features,
-            boxes.to(features.dtype),
-            batch_index,
-            out_h,
-            out_w,
-            float(spatial_scale),
-            int(sampling_ratio),
-            bool(aligned),
+    _, channels, height, width = features.shape
+
+    # Coordinates in float32 even for half-precision features: fp16 cannot resolve pixels near 640.
+    rois = rois.float()
+    offset = 0.5 if aligned else 0.0
+    x1 = rois[:, 1] * spatial_scale - offset
+    y1 = rois[:, 2] * spatial_scale - offset
+    roi_w = rois[:, 3] * spatial_scale - offset - x1
+    roi_h = rois[:, 4] * spatial_scale - offset - y1
+    if not aligned:
+        # Legacy (non-half-pixel) RoIAlign forces ROIs to be at least one cell wide.
+        roi_w = roi_w.clamp(min=1.0)
+        roi_h = roi_h.clamp(min=1.0)
+    y_index, y_weight = _axis_samples(y1, roi_h, out_h, sampling_ratio, height)
+    x_index, x_weight = _axis_samples(x1, roi_w, out_w, sampling_ratio, width)
+    row_offset = (rois[:, 0].long() * (height * width))[:, None, None]
+    # Every output pixel reads (2 * sampling_ratio)**2 rows of the [B*H*W, C] table: [N, h, w, 2sr, 2sr].
+    index = (y_index * width + row_offset)[:, :, None, :, None] + x_index[:, None, :, None, :]
+    weight = (y_weight[:, :, None, :, None] * x_weight[:, None, :, None, :]).to(features.dtype)
+    table = features.permute(0, 2, 3, 1).reshape(-1, channels)
+
+    if not torch.onnx.is_in_onnx_export():
+        # One fused weighted gather-and-sum: no [N, h, w, taps, C] intermediate in memory.
+        num_rois, taps = rois.shape[0], (2 * sampling_ratio) ** 2
+        pooled = F.embedding_bag(
+            index.reshape(num_rois * out_h * out_w, taps),
+            table,
+            per_sample_weights=weight.reshape(num_rois * out_h * out_w, taps),
+            mode="sum",
         )
-        return pooled
-    return _roi_align_torch(
-        features, boxes, batch_index, (out_h, out_w), spatial_scale, sampling_ratio, aligned
-    )
+        return pooled.reshape(num_rois, out_h, out_w, channels).permute(0, 3, 1, 2)
+
+    # ONNX: one Gather per tap, accumulated. Nothing is reshaped by N, so N = 0 works in ONNX Runtime
+    # (Reshape would read a 0 in its target shape as "copy this dimension").
+    output = features.new_zeros(())
+    for tap_y in range(2 * sampling_ratio):
+        for tap_x in range(2 * sampling_ratio):
+            tap = F.embedding(index[:, :, :, tap_y, tap_x], table)
+            output = output + tap * weight[:, :, :, tap_y, tap_x, None]
+    return output.permute(0, 3, 1, 2)
 
 
 class RoIAlign(nn.Module):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -189,62 +188,3 @@ def test_onnx_export_with_dynamic_roi_count(tmp_path):
         if count:
             reference = ort_roi_align(features.numpy(), rois, (5, 4), 1 / 8, 2)
             np.testing.assert_allclose(pooled, reference, atol=1e-4, rtol=0)
-
-
-def gathers_reading(graph: onnx.GraphProto, sources: set[str]) -> list[str]:
-    """Gather-family nodes whose data input is computed from ``sources`` (how RoIAlign used to export)."""
-    derived = set(sources)
-    found = []
-    for node in graph.node:  # topologically sorted
-        if node.op_type in ("Gather", "GatherND", "GatherElements") and node.input[0] in derived:
-            found.append(node.name or node.op_type)
-        if derived & set(node.input):
-            derived.update(node.output)
-    return found
-
-
-def export_roi_align(path, module: RoIAlign, opset: int = 17) -> None:
-    torch.onnx.export(
-        module,
-        (torch.randn(2, 3, 8, 8), torch.from_numpy(EDGE_CASE_ROIS[:3])),
-        str(path),
-        input_names=["features", "rois"],
-        output_names=["pooled"],
-        dynamic_axes={"features": {0: "batch"}, "rois": {0: "num_rois"}, "pooled": {0: "num_rois"}},
-        opset_version=opset,
-        dynamo=False,
-    )
-
-
-@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::DeprecationWarning")
-@pytest.mark.parametrize("aligned", [True, False])
-def test_onnx_export_is_one_native_roialign_node_matching_torch(tmp_path, aligned):
-    path = tmp_path / "roi_align.onnx"
-    export_roi_align(path, RoIAlign((5, 4), 1 / 8, 3, aligned=aligned))
-
-    graph = onnx.load(str(path)).graph
-    assert [node.op_type for node in graph.node].count("RoiAlign") == 1
-    assert gathers_reading(graph, {"features"}) == []
-    (node,) = [node for node in graph.node if node.op_type == "RoiAlign"]
-    attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    assert attributes == {
-        "mode": b"avg",
-        "output_height": 5,
-        "output_width": 4,
-        "sampling_ratio": 3,
-        "spatial_scale": pytest.approx(1 / 8),
-        "coordinate_transformation_mode": b"half_pixel" if aligned else b"output_half_pixel",
-    }
-
-    # Against torch eager (not against ORT's op itself): borders, tiny, partly and entirely outside ROIs.
-    features = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(3))
-    session = ort.InferenceSession(str(path), single_thread(), providers=["CPUExecutionProvider"])
-    (pooled,) = session.run(None, {"features": features.numpy(), "rois": EDGE_CASE_ROIS})
-    expected = roi_align(features, torch.from_numpy(EDGE_CASE_ROIS), (5, 4), 1 / 8, 3, aligned)
-    np.testing.assert_allclose(pooled, expected.numpy(), atol=1e-4, rtol=0)
-
-
-@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::DeprecationWarning")
-def test_onnx_export_below_opset_16_raises(tmp_path):
-    with pytest.raises(ValueError, match="opset >= 16"):
-        export_roi_align(tmp_path / "old.onnx", RoIAlign(4, 1 / 8), opset=15)
