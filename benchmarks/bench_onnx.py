@@ -21,15 +21,14 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench_presets import cpu_model, time_ms
+from bench_presets import load_average, time_ms
+from bench_presets import machine_info as presets_machine_info
 
 ROI_COUNTS = (1, 16)
 
@@ -38,21 +37,9 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def load_average() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
 def machine_info(threads: int) -> dict[str, Any]:
-    import onnxruntime
-    import torch
-
     return {
-        "cpu_model": cpu_model(),
-        "cores": os.cpu_count(),
-        "threads": threads,
-        "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "python": platform.python_version(),
+        **presets_machine_info(threads, note="see the load averages"),
         "load_average_start": load_average(),
     }
 

@@ -56,7 +56,14 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def machine_info(threads: int) -> dict[str, Any]:
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def machine_info(
+    threads: int, note: str = "shared machine: other test suites ran at the same time; see load_average"
+) -> dict[str, Any]:
+    """The machine a benchmark ran on; ``note`` says what else ran on it."""
     import onnxruntime
     import torch
 
@@ -68,7 +75,7 @@ def machine_info(threads: int) -> dict[str, Any]:
         "onnxruntime": onnxruntime.__version__,
         "python": platform.python_version(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
-        "note": "shared machine: other test suites ran at the same time; see load_average",
+        "note": note,
     }
 
 
@@ -248,7 +255,7 @@ def latency_only(preset: str, args: argparse.Namespace) -> dict[str, Any]:
             head, config, dict(prepared.layer_infos), paths.subdir("bench-presets", "onnx", preset), args
         )
     )
-    entry["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    entry["load_average"] = load_average()
     return entry
 
 
@@ -309,7 +316,7 @@ def run_preset(
             entry.update(complexity(head, trained_config, infos, out_dir, args))
         log(f"{preset} on {data}: val/miou={last.get('val/miou'):.4f} per-ROI={last.get('val/miou_per_roi'):.4f} "
             f"(untrained {before['val/miou']:.4f}) in {seconds:.0f} s")  # fmt: skip
-    entry["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    entry["load_average"] = load_average()
     return entry
 
 
@@ -382,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
             "head at initialisation (same seed), evaluated before training",
         },
         "datasets": datasets,
-        "load_average_start": [round(x, 2) for x in os.getloadavg()],
+        "load_average_start": load_average(),
         "presets": [],
     }
     for index, preset in enumerate(presets, start=1):
@@ -392,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             report["presets"].append(run_preset(preset, args, datasets, video_root))
         report["wall_seconds"] = round(time.perf_counter() - started, 1)
-        report["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+        report["load_average_end"] = load_average()
         if args.out:
             args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))

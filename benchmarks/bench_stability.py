@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     os.environ.setdefault("EDGESEG_HOME", str(args.home))
 
-    from bench_presets import cpu_model
+    from bench_presets import machine_info
 
     from edgeseg.config import PRESETS
 
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     report: dict[str, Any] = {
         "benchmark": "bench_stability",
-        "machine": {"cpu_model": cpu_model(), "cores": os.cpu_count(), "gpu": "none"},
+        "machine": machine_info(int(overrides.get("backbone.threads", 2)), note="see the per-run seconds"),
         "budget": {"spec": args.spec.name, "overrides": overrides},
         "criterion": f"no collapsed seed and std(val/miou) <= {MAX_STD}",
         "seeds": seeds,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import http.client
 import multiprocessing
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +13,7 @@ import pytest
 
 from edgeseg.search.ui import free_port
 
-__all__ = ["CHROMIUM", "CHROMIUM_FLAGS", "free_port", "needs_chromium", "race_two_processes"]
+__all__ = ["CHROMIUM", "CHROMIUM_FLAGS", "free_port", "http_get", "needs_chromium", "race_two_processes"]
 
 # Debian's headless Chromium, as the browser tests start it: no network chatter, a fresh profile each run.
 CHROMIUM = Path("/usr/bin/chromium")
@@ -44,3 +46,17 @@ def race_two_processes(target: Callable[..., None], args: tuple[Any, ...], timeo
         worker.join(timeout=30)
         assert worker.exitcode == 0, f"a racing process exited with {worker.exitcode}"
     return outcomes
+
+
+def http_get(port: int, path: str, user: str | None = None, password: str | None = None) -> tuple[int, bytes]:
+    """(status, body) of ``GET path`` on 127.0.0.1:``port``, with basic auth when ``user`` is given."""
+    headers = {}
+    if user is not None:
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", path, headers=headers)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()

@@ -89,17 +89,18 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from edgeseg.report.ablation import build_report, publish, to_markdown, write_csvs
     from edgeseg.report.html import render_html
-    from edgeseg.search.artifacts import locate_search, search_expected_trials
+    from edgeseg.search.artifacts import search_expected_trials
+    from edgeseg.search.control import locate_tracking
 
-    uri, experiment, search_id = locate_search(args.name, args.storage, args.tracking_uri)
-    analysis = build_report(experiment, uri, search_id, metric=args.metric, rope=args.rope,
+    where = locate_tracking(args.name, args.storage, args.tracking_uri)
+    analysis = build_report(where.experiment_name, where.tracking_uri, where.search_id, metric=args.metric, rope=args.rope,
                             expected=search_expected_trials(args.name, args.storage))  # fmt: skip
     print(to_markdown(analysis, top=args.top))
     if args.csv:
         print(f"\nCSV tables: {', '.join(str(p) for p in write_csvs(analysis, args.csv))}")
     if args.html:
         print(f"HTML report: {render_html(analysis, args.html)}")
-    if not args.no_publish and publish(analysis, uri):
+    if not args.no_publish and publish(analysis, where.tracking_uri):
         print("logged to the search's parent run in MLflow (artifacts report/, description)")
     return 0
 

@@ -40,8 +40,7 @@ class DataFiles:
 
 def generated_root(config: ExperimentConfig) -> Path:
     d = config.data
-    kind = "synth" if d.generated == "synth" else "video-people"
-    return paths.home() / "data" / f"{kind}-{d.generated_train_images}-{d.generated_val_images}-seed0"
+    return paths.home() / "data" / f"{d.generated}-{d.generated_train_images}-{d.generated_val_images}-seed0"
 
 
 def ensure_generated_data(config: ExperimentConfig, log=print) -> Path:

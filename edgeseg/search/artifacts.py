@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from edgeseg.search import control
-from edgeseg.search.mlflow_runs import client_for, search_runs
+from edgeseg.search.mlflow_runs import best_run, client_for, search_runs
 from edgeseg.search.names import ROLE_TRIAL
 from edgeseg.search.space import expected_trials
-from edgeseg.search.spec import SpecError
+from edgeseg.search.spec import SpecError, metric_mode
+from edgeseg.secrets import redact_uri
 
 
 class NoQualifyingTrialError(SpecError):
@@ -38,13 +39,6 @@ class FetchedModel:
     sidecar_path: Path
     registered_model: str = ""
     version: str = ""
-
-
-def locate_search(name: str, storage: str | None, tracking_uri: str | None) -> tuple[str, str, str]:
-    """(tracking uri, experiment name, search id) for a search name (see ``control.locate_tracking``:
-    the recorded experiment, which need not be named after the search)."""
-    location = control.locate_tracking(name, storage, tracking_uri)
-    return location.tracking_uri, location.experiment_name, location.search_id
 
 
 def search_expected_trials(name: str, storage: str | None) -> int | None:
@@ -71,15 +65,18 @@ def fetch_best(
     """Download ``onnx/model.onnx`` (to ``out``) and its sidecar (``out`` with ``.json``) of the best qualifying trial."""
     from mlflow.artifacts import download_artifacts
 
-    mode = mode or ("min" if metric.endswith("loss") else "max")
+    mode = mode or metric_mode(metric) or "max"
     if mode not in ("max", "min"):
         raise SpecError(f"mode {mode!r} is not max or min")
-    uri, experiment_name, search_id = locate_search(name, storage, tracking_uri)
-    client = client_for(uri)
-    experiment = client.get_experiment_by_name(experiment_name)
-    if experiment is None:
-        raise SpecError(f"search {name!r}: MLflow experiment {experiment_name!r} does not exist at {uri}")
-    runs = search_runs(client, experiment.experiment_id, {"search_id": search_id, "role": ROLE_TRIAL})
+    location = control.locate_tracking(name, storage, tracking_uri)
+    search_id = location.search_id
+    if not location.experiment_id:
+        raise SpecError(
+            f"search {name!r}: MLflow experiment {location.experiment_name!r} does not exist at "
+            f"{redact_uri(location.tracking_uri)}"
+        )
+    client = client_for(location.tracking_uri)
+    runs = search_runs(client, location.experiment_id, {"search_id": search_id, "role": ROLE_TRIAL})
     key = f"best/{metric}"
     exported = [r for r in runs if r.data.tags.get("onnx") == "exported"]
     if not exported:
@@ -107,13 +104,19 @@ def fetch_best(
             f"no trial of search {name!r} satisfies max_gflops={max_gflops}, max_latency_ms={max_latency_ms} "
             f"({len(scored)} exported trials; e.g. {examples})"
         )
-    best = (max if mode == "max" else min)(qualifying, key=lambda r: r.data.metrics[key])
+    best = best_run(qualifying, key, mode)  # NaN and inf never win
+    if best is None:
+        raise NoQualifyingTrialError(f"no trial of search {name!r} has a finite {key}")
     run_id = best.info.run_id
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(download_artifacts(run_id=run_id, artifact_path="onnx", dst_path=tmp, tracking_uri=uri))
+        folder = Path(
+            download_artifacts(
+                run_id=run_id, artifact_path="onnx", dst_path=tmp, tracking_uri=location.tracking_uri
+            )
+        )
         shutil.copy(folder / "model.onnx", out)
         shutil.copy(folder / "model.json", out.with_suffix(".json"))
 

@@ -75,10 +75,6 @@ def best_run(runs: Iterable[Any], metric: str, mode: str) -> Any:
     return (max if mode == "max" else min)(scored, key=lambda r: r.data.metrics[metric])
 
 
-def is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 def param_value(value: Any) -> str:
     text = ",".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
     return text[:6000]

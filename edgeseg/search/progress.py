@@ -16,7 +16,8 @@ from typing import Any
 
 from ray import tune
 
-from edgeseg.search.trainable import deterministic_failure, is_finite_number
+from edgeseg.search.spec import is_finite_number
+from edgeseg.search.trainable import deterministic_failure
 
 
 class ProgressTable(tune.Callback):

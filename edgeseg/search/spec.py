@@ -22,7 +22,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import SplitResult, urlsplit
 
 import yaml
@@ -483,7 +483,7 @@ def _read_space(r: _Reader, raw: Any, base: ExperimentConfig) -> tuple[Axis, ...
             continue
         if not is_config_key:
             r.fail(key, "is not a config key (section.key, e.g. train.lr)")
-        if not isinstance(args, list) or len(args) != 2 or not all(_is_finite_number(v) for v in args):
+        if not isinstance(args, list) or len(args) != 2 or not all(is_finite_number(v) for v in args):
             r.fail(f"{key}.{kind}", f"needs [low, high] finite numbers, got {args!r}")
         low, high = float(args[0]), float(args[1])
         if kind == "int":
@@ -626,12 +626,14 @@ def _check_resources(r: _Reader, spec: SearchSpec) -> None:
         )
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> TypeGuard[int | float]:
+    """A real number (bool excluded)."""
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _is_finite_number(value: Any) -> bool:
-    return _is_number(value) and math.isfinite(value)
+def is_finite_number(value: Any) -> TypeGuard[int | float]:
+    """A value that can rank trials and checkpoints: a real number, not NaN or infinite."""
+    return is_number(value) and math.isfinite(value)
 
 
 class _Reader:
@@ -713,7 +715,7 @@ class _Reader:
         value = data.get(name, default)
         if value is None:
             value = default
-        if not _is_finite_number(value):
+        if not is_finite_number(value):
             self.fail(key, f"must be a finite number, got {value!r}")
         return float(value)
 

@@ -41,16 +41,15 @@ from edgeseg.search.mlflow_runs import (
     best_run,
     client_for,
     ensure_experiment,
-    is_number,
     param_value,
     search_runs,
     variant_hash,
 )
 from edgeseg.search.names import EPOCH_KEYS, EPOCH_PREFIXES, ROLE_SEARCH, ROLE_TRIAL, STATIC_KEYS
 from edgeseg.search.space import expected_trials
-from edgeseg.search.spec import SearchSpec, trial_config, trial_overrides
+from edgeseg.search.spec import SearchSpec, is_finite_number, is_number, trial_config, trial_overrides
 from edgeseg.search.storage import StorageFolder, checkpoint_uri
-from edgeseg.search.trainable import deterministic_failure, is_finite_number
+from edgeseg.search.trainable import deterministic_failure
 
 log = logging.getLogger("edgeseg.search.tracking")
 

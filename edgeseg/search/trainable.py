@@ -34,14 +34,14 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import Any
 
 from edgeseg import paths
 from edgeseg.config import ConfigError
 from edgeseg.engine.checkpoint import load_checkpoint
 from edgeseg.engine.fit import fit
 from edgeseg.engine.loop import NonFiniteLossError
-from edgeseg.search.spec import SearchSpec, trial_config, trial_overrides
+from edgeseg.search.spec import SearchSpec, is_finite_number, trial_config, trial_overrides
 from edgeseg.search.storage import StorageFolder
 
 TRIAL_DRIVER_RESOURCE = "trial_driver"
@@ -60,11 +60,6 @@ class DeterministicTrialError(RuntimeError):
 def deterministic_failure(result: Mapping[str, Any] | None) -> str:
     """The error of a trial result that announces a deterministic failure, else ``""``."""
     return str((result or {}).get(FAILED_DETERMINISTICALLY) or "")
-
-
-def is_finite_number(value: Any) -> TypeGuard[int | float]:
-    """A metric value that can rank trials and checkpoints: a real number, not NaN or infinite."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @contextmanager

@@ -38,9 +38,9 @@ from types import TracebackType
 from typing import IO
 
 from edgeseg import paths
+from edgeseg.search.mlflow_runs import client_for
 from edgeseg.search.names import EXPERIMENT_KIND_TAG, EXPERIMENT_TAGS
 from edgeseg.secrets import redact_uri, scrub, secret_values
-from mlflow import MlflowClient
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5000
@@ -136,7 +136,7 @@ class UiServer:
         MLflow 3.17's UI ignores the experiments' ``mlflow.experimentKind`` tag when it picks its view,
         so a plain experiment link opens the GenAI overview; these links open the runs table."""
         tag = f"tags.`{EXPERIMENT_KIND_TAG}` = '{EXPERIMENT_TAGS[EXPERIMENT_KIND_TAG]}'"
-        experiments = MlflowClient(tracking_uri=self.tracking_uri).search_experiments(filter_string=tag)
+        experiments = client_for(self.tracking_uri).search_experiments(filter_string=tag)
         return sorted((e.name, self.experiment_url(e.experiment_id)) for e in experiments)
 
     def stop(self, timeout: float = 15.0) -> int | None:

@@ -8,7 +8,6 @@ Chromium renders the experiment page; the tests assert what was drawn (names in 
 
 from __future__ import annotations
 
-import base64
 import http.client
 import importlib.util
 import io
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import CHROMIUM, CHROMIUM_FLAGS, needs_chromium
+from helpers import CHROMIUM, CHROMIUM_FLAGS, http_get, needs_chromium
 from mlflow.entities import Metric
 from PIL import Image
 
@@ -262,25 +261,13 @@ def test_basic_auth_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     )
     monkeypatch.delenv("MLFLOW_AUTH_ADMIN_USERNAME", raising=False)
 
-    def get(server: UiServer, path: str, user: str | None = None, pw: str | None = None) -> tuple[int, bytes]:
-        headers = {}
-        if user is not None:
-            headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode()
-        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-        try:
-            conn.request("GET", path, headers=headers)
-            response = conn.getresponse()
-            return response.status, response.read()
-        finally:
-            conn.close()
-
     api = "/api/2.0/mlflow/experiments/search?max_results=10"
     with serve_ui(f"sqlite:///{tmp_path / 'auth-store.db'}", port=0, block=False) as server:
         assert server.basic_auth
-        assert get(server, "/health")[0] == 200
-        assert get(server, api)[0] == 401
-        assert get(server, api, "admin", password + "x")[0] == 401
-        status, body = get(server, api, "admin", password)
+        assert http_get(server.port, "/health")[0] == 200
+        assert http_get(server.port, api)[0] == 401
+        assert http_get(server.port, api, "admin", password + "x")[0] == 401
+        status, body = http_get(server.port, api, "admin", password)
         assert status == 200
         assert [e["name"] for e in json.loads(body)["experiments"]] == ["Default"]
     # The user store lands next to the tracking store's home, not in the caller's working directory.

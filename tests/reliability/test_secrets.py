@@ -7,8 +7,6 @@ working-dir packaging and token writer; torch's loader on checkpoints written by
 
 from __future__ import annotations
 
-import base64
-import http.client
 import json
 import os
 import queue
@@ -27,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import free_port
+from helpers import free_port, http_get
 
 from edgeseg.engine.checkpoint import (
     CHECKPOINT_FILE,
@@ -129,19 +127,6 @@ def iter_queue(items: queue.Queue[str]) -> Iterator[str]:
 def environ_of(pid: int) -> dict[str, str]:
     raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     return dict(item.decode().partition("=")[::2] for item in raw if item)
-
-
-def http_get(port: int, path: str, user: str | None = None, password: str | None = None) -> tuple[int, bytes]:
-    headers = {}
-    if user is not None:
-        headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        conn.request("GET", path, headers=headers)
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
 
 
 def experiment_names(port: int, user: str | None = None, password: str | None = None) -> list[str]:
