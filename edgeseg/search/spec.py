@@ -37,6 +37,7 @@ from edgeseg.config import (
     load_yaml,
     validate,
 )
+from edgeseg.search.design import DESIGNS, ESTIMABLE, DesignError, DesignPlan, fractional_plan, full_plan
 from edgeseg.secrets import REDACTED, redact_uri
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "int")
@@ -107,6 +108,15 @@ class SchedulerSpec:
 
 
 @dataclass(frozen=True)
+class DesignSpec:
+    """Which cells of the grid the search trains (``search/design.py``)."""
+
+    kind: str = "full"  # full | fractional
+    estimable: str = "main"  # fractional: main | interactions (what the design must keep estimable)
+    reduction: int = 0  # fractional: the GSD reduction factor; 0 = the largest that keeps `estimable`
+
+
+@dataclass(frozen=True)
 class ResourcesSpec:
     executor: str = "train"  # train: each trial is a Ray Train TorchTrainer run; function: one process
     workers: int = 1  # Ray Train workers per trial (DDP when > 1)
@@ -140,6 +150,7 @@ class SearchSpec:
     description: str = ""
     searcher: SearcherSpec = field(default_factory=SearcherSpec)
     scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
+    design: DesignSpec = field(default_factory=DesignSpec)
     metric: str = "val/miou"
     mode: str = "max"
     num_samples: int = 1
@@ -206,6 +217,7 @@ class SearchSpec:
             "space": {axis.name: axis.to_yaml() for axis in self.space},
             "searcher": dataclasses.asdict(self.searcher),
             "scheduler": dataclasses.asdict(self.scheduler),
+            "design": dataclasses.asdict(self.design),
             "metric": self.metric,
             "mode": self.mode,
             "num_samples": self.num_samples,
@@ -321,7 +333,7 @@ def tracking_problem(uri: str) -> str | None:
 _TOP_KEYS = {
     "name", "description", "base", "space", "searcher", "scheduler", "metric", "mode", "num_samples",
     "repeats", "skip_invalid", "resources", "max_concurrent_trials", "max_failures", "keep_checkpoints",
-    "storage", "home", "mlflow", "export_onnx",
+    "storage", "home", "mlflow", "export_onnx", "design",
 }  # fmt: skip
 
 
@@ -377,6 +389,7 @@ def spec_from_mapping(data: Mapping[str, Any], source: str = "<spec>") -> Search
         description=r.string(data, "description", default=""),
         searcher=searcher,
         scheduler=scheduler,
+        design=_read_design(r, data),
         metric=metric,
         mode=r.choice(data, "mode", ("max", "min"), default=metric_mode(metric) or "max"),
         num_samples=r.integer(data, "num_samples", default=1, minimum=1),
@@ -415,6 +428,15 @@ def _read_scheduler(r: _Reader, data: Mapping[str, Any]) -> SchedulerSpec:
         reduction_factor=r.number(
             scheduler_raw, "reduction_factor", key="scheduler.reduction_factor", default=2.0
         ),
+    )
+
+
+def _read_design(r: _Reader, data: Mapping[str, Any]) -> DesignSpec:
+    raw = r.section(data, "design", {"kind", "estimable", "reduction"})
+    return DesignSpec(
+        kind=r.choice(raw, "kind", DESIGNS, key="design.kind", default="full"),
+        estimable=r.choice(raw, "estimable", ESTIMABLE, key="design.estimable", default="main"),
+        reduction=r.integer(raw, "reduction", key="design.reduction", default=0, minimum=0),
     )
 
 
@@ -543,11 +565,26 @@ def _check_combinations(r: _Reader, spec: SearchSpec, base: ExperimentConfig) ->
         r.fail("base.overrides.train.eval_every", "searches need validation metrics every epoch; keep it 1")
     _check_scheduler(r, spec, base, keys)
     _check_resources(r, spec)
+    _check_design(r, spec)
     if spec.searcher.kind == "grid":
         try:
             grid_variants(spec, base)
         except ConfigError as exc:
             raise SpecError(f"search spec {r.source}: {exc}") from exc
+
+
+def _check_design(r: _Reader, spec: SearchSpec) -> None:
+    if spec.design.kind == "full":
+        if spec.design.reduction:
+            r.fail("design.reduction", "only applies to design.kind fractional")
+        return
+    if spec.searcher.kind != "grid":
+        r.fail(
+            "design.kind",
+            f"a fractional design picks grid cells; it needs searcher.kind grid, not {spec.searcher.kind!r}",
+        )
+    if sum(axis.kind == "grid" for axis in spec.space) < 2:
+        r.fail("design.kind", "a fractional design needs at least two grid axes")
 
 
 def _check_axis_keys(r: _Reader, spec: SearchSpec) -> set[str]:
@@ -788,13 +825,27 @@ def _fmt(value: Any) -> str:
 def grid_variants(
     spec: SearchSpec, base: ExperimentConfig | None = None
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """The factorial grid as Tune ``overrides`` dicts, and descriptions of the skipped combinations."""
+    """The cells the spec's design trains, as Tune ``overrides`` dicts, and descriptions of the
+    skipped (invalid) combinations of the full grid."""
+    plan, variants, skipped = _design(spec, base)
+    chosen = set(plan.cells)
+    return [entry for cell, entry in variants if cell in chosen], skipped
+
+
+def design_plan(spec: SearchSpec, base: ExperimentConfig | None = None) -> DesignPlan:
+    """The spec's design over its valid grid cells (what ``grid_variants`` trains, and why)."""
+    return _design(spec, base)[0]
+
+
+def _design(
+    spec: SearchSpec, base: ExperimentConfig | None
+) -> tuple[DesignPlan, list[tuple[tuple[int, ...], dict[str, Any]]], list[str]]:
     base = base or spec.base_config()
     axes = [axis for axis in spec.space if axis.kind == "grid"]
-    variants: list[dict[str, Any]] = []
+    variants: list[tuple[tuple[int, ...], dict[str, Any]]] = []
     skipped: list[str] = []
-    for combo in itertools.product(*(axis.values for axis in axes)):
-        entry = {axis.name: tune_value(axis, value) for axis, value in zip(axes, combo, strict=True)}
+    for cell in itertools.product(*(range(len(axis.values)) for axis in axes)):
+        entry = {axis.name: tune_value(axis, axis.values[i]) for axis, i in zip(axes, cell, strict=True)}
         try:
             validate(apply_overrides(base, trial_overrides({"overrides": entry}), source="grid"))
         except ConfigError as exc:
@@ -805,7 +856,15 @@ def grid_variants(
                 ) from exc
             skipped.append(f"{{{label}}}: {exc}")
             continue
-        variants.append(entry)
+        variants.append((cell, entry))
     if not variants:
         raise ConfigError(f"search {spec.name}: every grid combination is invalid: {skipped[:3]}")
-    return variants, skipped
+    valid = [cell for cell, _ in variants]
+    if spec.design.kind == "full":
+        return full_plan(valid), variants, skipped
+    try:
+        plan = fractional_plan(valid, [axis.name for axis in axes], reduction=spec.design.reduction,
+                               estimable=spec.design.estimable)  # fmt: skip
+    except DesignError as exc:
+        raise ConfigError(f"design: {exc}") from exc
+    return plan, variants, skipped
