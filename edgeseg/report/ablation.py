@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import tempfile
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import pandas as pd
 from edgeseg.config import FEATURE_FLAGS, ConfigError
 from edgeseg.report.analysis import AblationAnalysis, Completeness
 from edgeseg.report.effects import analyse
+from edgeseg.report.fidelity import at_budget, budget_agreement
 from edgeseg.report.html import render_html
 from edgeseg.search import names
 from edgeseg.search.mlflow_runs import client_for, search_runs
@@ -81,12 +82,15 @@ def _completeness(parent: Any, trials: pd.DataFrame, expected: int | None) -> Co
 def build_report(
     experiment: str, tracking_uri: str, search_id: str, *, metric: str | None = None, mode: str | None = None,
     expected: int | None = None, factors: Sequence[str] = FEATURE_FLAGS, rope: float = 0.01,
+    effects_budget: int | None = None,
 ) -> AblationAnalysis:  # fmt: skip
     """The ablation analysis of one search from its MLflow runs.
 
     ``metric`` and ``mode`` default to the search's own (its parent run's params); a trial's score is
     its best value of that metric over the epochs it ran. ``expected``: how many trials the spec asks
-    for (the report says when fewer are done).
+    for (the report says when fewer are done). ``effects_budget`` (default: the spec's
+    ``design.effects_budget``; 0 = off) estimates the effects from every trial at that epoch
+    (``report/fidelity.py``).
     """
     client = client_for(tracking_uri)
     found = client.get_experiment_by_name(experiment)
@@ -100,6 +104,9 @@ def build_report(
     parent = parents[0] if parents else None
     search_metric = parent.data.params.get("metric", "val/miou") if parent is not None else "val/miou"
     search_mode = parent.data.params.get("mode", "max") if parent is not None else "max"
+    params = parent.data.params if parent is not None else {}
+    if effects_budget is None:
+        effects_budget = int(params.get("effects_budget", 0) or 0)
     if metric not in (None, search_metric):
         raise ReportError(
             f"search {search_id!r} ranked trials by {search_metric!r}; its runs record the best value of that "
@@ -113,6 +120,9 @@ def build_report(
         trials, search=search_id, metric=search_metric, mode=mode or search_mode, factors=list(factors),
         completeness=_completeness(parent, trials, expected), curves=None, rope=rope,
     )  # fmt: skip
+    if effects_budget:
+        full_budget = int(params.get("max_epochs", 0) or max(curves["epoch"], default=0))
+        analysis = _low_budget_effects(analysis, trials, curves, effects_budget, full_budget, list(factors))
     # the analysis labels configurations by their varying factors; give the curves the same labels
     labels = dict(zip(analysis.trials["trial"], analysis.trials["config"], strict=True))
     curves["config"] = curves["trial"].map(labels).fillna("")
@@ -123,6 +133,32 @@ def build_report(
         curves=curves.reset_index(drop=True),
         extra={**analysis.extra, "parent_run_id": parent_run_id},
     )
+
+
+def _low_budget_effects(
+    analysis: AblationAnalysis, trials: pd.DataFrame, curves: pd.DataFrame, budget: int, full_budget: int,
+    factors: list[str],
+) -> AblationAnalysis:  # fmt: skip
+    """The analysis with its effects, interactions and variance shares taken from every trial at
+    ``budget`` epochs, undecided when the cells' ranking at that budget disagrees with the full one."""
+    low_trials = at_budget(trials, curves, budget, analysis.mode)
+    low = analyse(low_trials, search=analysis.search, metric=analysis.metric, mode=analysis.mode,
+                  factors=factors, completeness=analysis.completeness, rope=analysis.rope)  # fmt: skip
+    agreement = budget_agreement(low.trials, curves, budget, full_budget, analysis.mode)
+    effects = low.effects
+    if not agreement.holds:
+        effects = effects.assign(verdict="undecided", more_seeds=math.nan)
+    used = int((low.trials["state"] == "finished").sum())
+    note = (
+        f"Multi-fidelity: effects, interactions and variance shares come from all {used} trials at epoch "
+        f"{budget} (design.effects_budget); configurations, best trial and Pareto front from the trials "
+        f"that trained all {full_budget} epochs. The {agreement.sentence()}."
+    )
+    return replace(
+        analysis, effects=effects, interactions=low.interactions, variance=low.variance,
+        method=f"{low.method} (at epoch {budget})", notes=(note, *low.notes),
+        extra={**analysis.extra, "effects_budget": budget, "budget_agreement": asdict(agreement)},
+    )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------

@@ -114,6 +114,7 @@ class DesignSpec:
     kind: str = "full"  # full | fractional
     estimable: str = "main"  # fractional: main | interactions (what the design must keep estimable)
     reduction: int = 0  # fractional: the GSD reduction factor; 0 = the largest that keeps `estimable`
+    effects_budget: int = 0  # > 0: the report estimates effects from every trial at this epoch
 
 
 @dataclass(frozen=True)
@@ -432,11 +433,12 @@ def _read_scheduler(r: _Reader, data: Mapping[str, Any]) -> SchedulerSpec:
 
 
 def _read_design(r: _Reader, data: Mapping[str, Any]) -> DesignSpec:
-    raw = r.section(data, "design", {"kind", "estimable", "reduction"})
+    raw = r.section(data, "design", {"kind", "estimable", "reduction", "effects_budget"})
     return DesignSpec(
         kind=r.choice(raw, "kind", DESIGNS, key="design.kind", default="full"),
         estimable=r.choice(raw, "estimable", ESTIMABLE, key="design.estimable", default="main"),
         reduction=r.integer(raw, "reduction", key="design.reduction", default=0, minimum=0),
+        effects_budget=r.integer(raw, "effects_budget", key="design.effects_budget", default=0, minimum=0),
     )
 
 
@@ -574,6 +576,15 @@ def _check_combinations(r: _Reader, spec: SearchSpec, base: ExperimentConfig) ->
 
 
 def _check_design(r: _Reader, spec: SearchSpec) -> None:
+    budget = spec.design.effects_budget
+    if budget and budget > spec.max_epochs:
+        r.fail("design.effects_budget", f"{budget} exceeds the trials' {spec.max_epochs} epochs")
+    if budget and spec.scheduler.kind == "asha" and budget > spec.scheduler.grace_period:
+        r.fail(
+            "design.effects_budget",
+            f"{budget} exceeds scheduler.grace_period={spec.scheduler.grace_period}: ASHA may stop trials "
+            "before it, so the cells would not all be compared at the same budget",
+        )
     if spec.design.kind == "full":
         if spec.design.reduction:
             r.fail("design.reduction", "only applies to design.kind fractional")

@@ -166,7 +166,8 @@ class MlflowTracker(tune.Callback):
             "preset": spec.preset, "metric": spec.metric, "mode": spec.mode, "num_samples": spec.num_samples,
             "repeats": spec.repeats, "max_epochs": spec.max_epochs, "max_concurrent_trials": spec.max_concurrent_trials,
             "grace_period": spec.scheduler.grace_period, "reduction_factor": spec.scheduler.reduction_factor,
-            "space": ",".join(a.name for a in spec.space),
+            "space": ",".join(a.name for a in spec.space), "design": spec.design.kind,
+            "effects_budget": spec.design.effects_budget,
             **{f"base.{k}": v for k, v in spec.base_overrides().items()},
         }  # fmt: skip
         self._log_params(run_id, params)

@@ -49,7 +49,7 @@ class StandInTrial:
         return f"trial_{self.trial_id}"
 
 
-def spec_for(tmp_path, metric: str = "val/miou", mode: str = "max"):
+def spec_for(tmp_path, metric: str = "val/miou", mode: str = "max", **extra: Any):
     body = {
         "name": f"planted-{mode}",
         "base": {"preset": "baseline", "overrides": {"train.epochs": EPOCHS, "model.channels": 8}},
@@ -63,6 +63,7 @@ def spec_for(tmp_path, metric: str = "val/miou", mode: str = "max"):
         "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
         "storage": str(tmp_path / "searches"),
         "home": str(tmp_path / "home"),
+        **extra,
     }
     return spec_from_mapping(body).resolved()
 
@@ -78,8 +79,12 @@ def planted_score(overrides: dict[str, Any], rng: np.random.Generator) -> float:
     )
 
 
-def run_tracked_search(spec, *, finish: int | None = None, sign: float = 1.0) -> tuple[str, list[Any]]:
-    """Drive the tracker through every grid cell x seed; ``finish`` trials only, the rest never start."""
+def run_tracked_search(
+    spec, *, finish: int | None = None, sign: float = 1.0, stop_after: Any = None,
+    reverse_first_epoch: bool = False,
+) -> tuple[str, list[Any]]:  # fmt: skip
+    """Drive the tracker through every grid cell x seed; ``finish`` trials only, the rest never start.
+    ``stop_after(overrides)``: the epoch after which a trial is stopped early (as ASHA would), or None."""
     rng = np.random.default_rng(0)
     cells = grid_variants(spec)[0]
     trials = [
@@ -91,8 +96,11 @@ def run_tracked_search(spec, *, finish: int | None = None, sign: float = 1.0) ->
     for trial in trials[:finish]:
         tracker.on_trial_start(0, trials, trial)
         final = planted_score(trial.config["overrides"], rng)
-        for epoch in range(1, EPOCHS + 1):  # a rising learning curve that ends at the planted score
+        last = (stop_after and stop_after(trial.config["overrides"])) or EPOCHS
+        for epoch in range(1, last + 1):  # a rising learning curve that ends at the planted score
             value = sign * (final - 0.02 * (EPOCHS - epoch))
+            if reverse_first_epoch and epoch == 1:  # the cells rank the other way round after one epoch
+                value = sign * (0.3 - final)
             trial.last_result = {"epoch": epoch, spec.metric: value, "params_count": 1000.0, "gflops": 0.01,
                                  "checkpoint_path": f"/checkpoints/{trial.trial_id}/epoch_{epoch}"}  # fmt: skip
             tracker.on_trial_result(0, trials, trial, dict(trial.last_result))
@@ -172,3 +180,37 @@ def test_report_by_a_metric_the_search_did_not_rank_is_a_clear_cli_error(tmp_pat
     assert code == 2
     error = capsys.readouterr().err
     assert "edgeseg: error:" in error and "'val/miou'" in error and "'val/boundary_f'" in error
+
+
+def test_effects_at_a_low_budget_use_every_trial_and_check_the_ranking(tmp_path):
+    """Multi-fidelity: the worst cell stops after epoch 1 (as ASHA would); with design.effects_budget 1
+    every trial enters the effects at epoch 1, and the ranking of the cells that went on agrees."""
+    spec = spec_for(tmp_path, scheduler={"kind": "asha", "grace_period": 1}, design={"effects_budget": 1})
+    worst = {"model.cascade": False, "loss.distance_aware": False}
+    search_id, _ = run_tracked_search(spec, stop_after=lambda o: 1 if o == worst else None)
+    analysis = build_report(spec.experiment_name, spec.mlflow.tracking_uri, search_id)
+
+    assert analysis.extra["effects_budget"] == 1
+    agreement = analysis.extra["budget_agreement"]
+    assert agreement["cells"] == 3 and agreement["kendall_tau"] == pytest.approx(1.0)
+    cascade = effect(analysis, "cascade")  # estimated from all 4 cells, the pruned one included
+    assert (
+        cascade["ci_low"] <= CASCADE + INTERACTION / 2 <= cascade["ci_high"]
+        and cascade["verdict"] == "better"
+    )
+    assert "Multi-fidelity" in to_markdown(analysis) and "Kendall tau 1.00" in to_markdown(analysis)
+    assert analysis.completeness.pruned == SEEDS  # the configurations still list them as pruned
+    # the same search without the low budget: the pruned cell is left out, so the effects come from 3 cells
+    finished_only = build_report(spec.experiment_name, spec.mlflow.tracking_uri, search_id, effects_budget=0)
+    assert "effects_budget" not in finished_only.extra
+    assert len(finished_only.configs) == 3
+
+
+def test_low_budget_effects_are_undecided_when_the_ranking_flips(tmp_path):
+    spec = spec_for(tmp_path, scheduler={"kind": "asha", "grace_period": 1}, design={"effects_budget": 1})
+    search_id, _ = run_tracked_search(spec, reverse_first_epoch=True)
+    analysis = build_report(spec.experiment_name, spec.mlflow.tracking_uri, search_id)
+
+    assert analysis.extra["budget_agreement"]["kendall_tau"] < 0
+    assert set(analysis.effects["verdict"]) == {"undecided"}
+    assert "so these effects are undecided" in to_markdown(analysis)
