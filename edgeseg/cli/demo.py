@@ -17,6 +17,7 @@ SMOKE = Path(str(files("edgeseg") / "searches" / "smoke.yaml"))  # package data:
 def run_demo(spec_path: str | Path = SMOKE) -> int:
     from edgeseg import paths
     from edgeseg.report.ablation import build_report, completeness_line, effects_markdown, publish
+    from edgeseg.report.adaptive import plan_next_round
     from edgeseg.report.html import render_html
     from edgeseg.search.artifacts import fetch_best
     from edgeseg.search.control import format_status, search_status
@@ -27,7 +28,7 @@ def run_demo(spec_path: str | Path = SMOKE) -> int:
     spec = load_spec(spec_path).resolved()
     print(f"edgeseg demo: search {spec.name!r} from {spec_path}\n  {spec.description}")
     print(f"  home: {paths.home()}   MLflow: {spec.mlflow.tracking_uri}   storage: {spec.storage}\n")
-    outcome = run_search(spec, fresh=True)
+    outcome = run_search(spec, fresh=True, planner=plan_next_round)
     print(
         f"\nsearch {outcome.name} {outcome.state} in {outcome.wall_s:.0f} s: {outcome.trials} trials, "
         f"{outcome.pruned} pruned by ASHA, {outcome.errored} errored, {outcome.epochs_trained} epochs trained"

@@ -27,12 +27,18 @@ def _outcome_code(outcome: Any) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from edgeseg.report.adaptive import plan_next_round
     from edgeseg.search.tuner import run_search
 
     return _outcome_code(
         run_search(
-            args.spec, fresh=args.fresh, address=args.address, num_cpus=args.num_cpus, progress=not args.quiet
-        )
+            args.spec,
+            fresh=args.fresh,
+            address=args.address,
+            num_cpus=args.num_cpus,
+            progress=not args.quiet,
+            planner=plan_next_round,
+        )  # fmt: skip
     )
 
 

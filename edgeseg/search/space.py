@@ -16,7 +16,15 @@ from __future__ import annotations
 from typing import Any
 
 from edgeseg.config import ConfigError
-from edgeseg.search.spec import SearchSpec, grid_variants, tune_value
+from edgeseg.search.adaptive import AdaptiveSeeds, Planner
+from edgeseg.search.spec import (
+    SearchSpec,
+    SpecError,
+    apply_overrides,
+    grid_variants,
+    trial_overrides,
+    tune_value,
+)
 
 
 def param_space(spec: SearchSpec) -> dict[str, Any]:
@@ -24,6 +32,8 @@ def param_space(spec: SearchSpec) -> dict[str, Any]:
     from ray import tune
 
     space: dict[str, Any]
+    if spec.design.max_repeats:
+        return {}  # adaptive seeds: the searcher hands out every trial's config
     if spec.searcher.kind == "grid":
         variants, _ = grid_variants(spec)
         space = {"overrides": tune.grid_search(variants)}
@@ -48,12 +58,15 @@ def param_space(spec: SearchSpec) -> dict[str, Any]:
     return space
 
 
-def search_algorithm(spec: SearchSpec) -> Any:
-    """OptunaSearch (seeded TPE) or Tune's grid/random variant generator, seeded.
+def search_algorithm(spec: SearchSpec, planner: Planner | None = None) -> Any:
+    """OptunaSearch (seeded TPE), adaptive seeds over the design's cells, or Tune's grid/random
+    variant generator, seeded.
 
     The variant generator is not a ``Searcher``, so Tune would ignore ``max_concurrent_trials`` for
-    it; it takes the limit itself. For Optuna, the Tuner wraps it in a ConcurrencyLimiter.
+    it; it takes the limit itself. For the others, the Tuner wraps them in a ConcurrencyLimiter.
     """
+    if spec.design.max_repeats:
+        return adaptive_seeds(spec, planner)
     if spec.searcher.kind == "optuna":
         from optuna.samplers import TPESampler
         from ray.tune.search.optuna import OptunaSearch
@@ -64,8 +77,23 @@ def search_algorithm(spec: SearchSpec) -> Any:
     return BasicVariantGenerator(max_concurrent=spec.max_concurrent_trials, random_state=spec.searcher.seed)
 
 
+def adaptive_seeds(spec: SearchSpec, planner: Planner | None) -> AdaptiveSeeds:
+    if planner is None:
+        raise SpecError(
+            f"search spec {spec.source}: design.max_repeats (adaptive seeds) needs a planner: pass "
+            "planner=edgeseg.report.adaptive.plan_next_round to run_search (`edgeseg search run` does)"
+        )
+    base = spec.base_config()
+    cells = grid_variants(spec, base)[0]
+    flags = [
+        apply_overrides(base, trial_overrides({"overrides": c}), source="grid").feature_flags() for c in cells
+    ]
+    return AdaptiveSeeds(cells, flags, planner=planner, repeats=spec.repeats, max_repeats=spec.design.max_repeats,
+                         metric=spec.metric, mode=spec.mode, max_epochs=spec.max_epochs)  # fmt: skip
+
+
 def expected_trials(spec: SearchSpec) -> int:
-    """How many trials the search runs in total."""
+    """How many trials the search runs in total (with adaptive seeds: its first round, the least)."""
     if spec.searcher.kind == "grid":
         return len(grid_variants(spec)[0]) * spec.repeats
     grid_cells = 1

@@ -115,6 +115,7 @@ class DesignSpec:
     estimable: str = "main"  # fractional: main | interactions (what the design must keep estimable)
     reduction: int = 0  # fractional: the GSD reduction factor; 0 = the largest that keeps `estimable`
     effects_budget: int = 0  # > 0: the report estimates effects from every trial at this epoch
+    max_repeats: int = 0  # > 0: adaptive seeds, from `repeats` per cell up to this many (search/adaptive.py)
 
 
 @dataclass(frozen=True)
@@ -433,12 +434,13 @@ def _read_scheduler(r: _Reader, data: Mapping[str, Any]) -> SchedulerSpec:
 
 
 def _read_design(r: _Reader, data: Mapping[str, Any]) -> DesignSpec:
-    raw = r.section(data, "design", {"kind", "estimable", "reduction", "effects_budget"})
+    raw = r.section(data, "design", {"kind", "estimable", "reduction", "effects_budget", "max_repeats"})
     return DesignSpec(
         kind=r.choice(raw, "kind", DESIGNS, key="design.kind", default="full"),
         estimable=r.choice(raw, "estimable", ESTIMABLE, key="design.estimable", default="main"),
         reduction=r.integer(raw, "reduction", key="design.reduction", default=0, minimum=0),
         effects_budget=r.integer(raw, "effects_budget", key="design.effects_budget", default=0, minimum=0),
+        max_repeats=r.integer(raw, "max_repeats", key="design.max_repeats", default=0, minimum=0),
     )
 
 
@@ -585,6 +587,17 @@ def _check_design(r: _Reader, spec: SearchSpec) -> None:
             f"{budget} exceeds scheduler.grace_period={spec.scheduler.grace_period}: ASHA may stop trials "
             "before it, so the cells would not all be compared at the same budget",
         )
+    if spec.design.max_repeats:
+        if spec.searcher.kind != "grid":
+            r.fail(
+                "design.max_repeats",
+                f"adaptive seeds repeat grid cells; they need searcher.kind grid, not {spec.searcher.kind!r}",
+            )
+        if spec.design.max_repeats < spec.repeats:
+            r.fail(
+                "design.max_repeats",
+                f"{spec.design.max_repeats} is below repeats={spec.repeats} (the first round's seeds)",
+            )
     if spec.design.kind == "full":
         if spec.design.reduction:
             r.fail("design.reduction", "only applies to design.kind fractional")

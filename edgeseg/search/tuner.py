@@ -28,6 +28,7 @@ from typing import Any
 from edgeseg import paths
 from edgeseg.engine.prepare import prepare
 from edgeseg.search import control
+from edgeseg.search.adaptive import Planner
 from edgeseg.search.mlflow_runs import client_for, ensure_experiment, search_runs
 from edgeseg.search.names import ROLE_SEARCH, ROLE_TRIAL
 from edgeseg.search.progress import ProgressTable
@@ -129,8 +130,9 @@ def _callbacks(spec: SearchSpec, search_id: str, progress: bool, extra: list[Any
 
 
 def build_tuner(
-    spec: SearchSpec, search_id: str, progress: bool = True, callbacks: list[Any] | None = None
-) -> Any:
+    spec: SearchSpec, search_id: str, progress: bool = True, callbacks: list[Any] | None = None,
+    planner: Planner | None = None,
+) -> Any:  # fmt: skip
     """The ``tune.Tuner`` of a resolved spec (not started)."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -143,7 +145,8 @@ def build_tuner(
             grace_period=spec.scheduler.grace_period,
             reduction_factor=spec.scheduler.reduction_factor,
         )
-    searcher = search_algorithm(spec)
+    searcher = search_algorithm(spec, planner)
+    adaptive = bool(spec.design.max_repeats)
     stop_dir = control_folder(str(spec.storage), spec.name).child("stop").uri
     return tune.Tuner(
         make_trainable(spec),
@@ -153,9 +156,14 @@ def build_tuner(
             mode=spec.mode,
             search_alg=searcher,
             scheduler=scheduler,
-            num_samples=spec.num_samples,
+            # adaptive seeds end the search themselves (Searcher.FINISHED); this is only their upper bound
+            num_samples=len(grid_variants(spec)[0]) * spec.design.max_repeats
+            if adaptive
+            else spec.num_samples,
             # The variant generator takes the limit itself (see space.search_algorithm).
-            max_concurrent_trials=spec.max_concurrent_trials if spec.searcher.kind == "optuna" else None,
+            max_concurrent_trials=spec.max_concurrent_trials
+            if spec.searcher.kind == "optuna" or adaptive
+            else None,
             trial_name_creator=_trial_name,
             trial_dirname_creator=_trial_name,
         ),
@@ -180,10 +188,13 @@ def run_search(
     progress: bool = True,
     callbacks: list[Any] | None = None,
     log: Callable[[str], Any] = DEFAULT_LOG,
+    planner: Planner | None = None,
 ) -> SearchOutcome:
     """Run a search from its spec (a path or a loaded spec) to the end, or until it is stopped.
 
     ``callbacks``: extra ``tune.Callback`` objects (picklable; they are restored with the search).
+    ``planner``: what adaptive seeds (``design.max_repeats``) decide with; the CLI passes
+    ``edgeseg.report.adaptive.plan_next_round``.
     """
     if not isinstance(spec, SearchSpec):
         spec = load_spec(spec)
@@ -215,7 +226,7 @@ def run_search(
             client = client_for(str(spec.mlflow.tracking_uri))
             experiment_id = ensure_experiment(client, spec.experiment_name, spec.mlflow.artifact_location)
             control.write_record(spec, search_id, experiment_id, created=record.created)
-            tuner = build_tuner(spec, search_id, progress, callbacks)
+            tuner = build_tuner(spec, search_id, progress, callbacks, planner)
             return _fit(tuner, spec, search_id, started, log, lease)
 
 

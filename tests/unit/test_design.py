@@ -114,6 +114,21 @@ def spec_body(design: dict, **extra) -> dict:
     return body
 
 
+def test_adaptive_seeds_spec_hands_every_trial_to_the_searcher():
+    from edgeseg.report.adaptive import plan_next_round
+    from edgeseg.search.adaptive import AdaptiveSeeds
+    from edgeseg.search.space import param_space, search_algorithm
+
+    spec = spec_from_mapping(spec_body({"kind": "fractional", "max_repeats": 5}))
+    assert param_space(spec) == {}  # no grid_search: the searcher suggests cells and seeds
+    alg = search_algorithm(spec, plan_next_round)
+    assert isinstance(alg, AdaptiveSeeds) and len(alg.cells) == 14 and len(alg.queue) == 14 * spec.repeats
+    assert {f["multiscale"] for f in alg.flags} == {"true", "false"}
+    assert expected_trials(spec) == 14 * spec.repeats  # the first round; later rounds add to it
+    with pytest.raises(SpecError, match="needs a planner"):
+        search_algorithm(spec)
+
+
 def test_spec_with_fractional_design_trains_the_plan_cells():
     full = load_spec(SEARCHES / "ablation-video.yaml")
     spec = spec_from_mapping(spec_body({"kind": "fractional"}), source="frac.yaml")
@@ -134,6 +149,18 @@ def test_spec_with_fractional_design_trains_the_plan_cells():
         ({"kind": "fractional"}, {"searcher": {"kind": "random"}}, "'design.kind'.*needs searcher.kind grid"),
         ({"kind": "halves"}, {}, "'design.kind'.*not one of full, fractional"),
         ({"kind": "fractional", "resolution": 4}, {}, "resolution"),
+        ({"max_repeats": 2}, {}, "'design.max_repeats': 2 is below repeats=3"),
+        (
+            {"max_repeats": 5},
+            {"searcher": {"kind": "random"}},
+            "'design.max_repeats'.*need searcher.kind grid",
+        ),
+        ({"effects_budget": 30}, {}, "'design.effects_budget': 30 exceeds the trials' 20 epochs"),
+        (
+            {"effects_budget": 4},
+            {"scheduler": {"kind": "asha", "grace_period": 2}},
+            "exceeds scheduler.grace_period=2",
+        ),
     ],
 )
 def test_bad_design_is_refused_naming_the_key(design, extra, message):
