@@ -39,7 +39,7 @@ class Planner(Protocol):
 class AdaptiveSeeds(Searcher):
     def __init__(
         self, cells: Sequence[Mapping[str, Any]], flags: Sequence[Mapping[str, str]], *, planner: Planner,
-        repeats: int, max_repeats: int, metric: str, mode: str, max_epochs: int, rope: float = 0.01,
+        repeats: int, max_repeats: int, metric: str, mode: str, scored_epochs: int, rope: float = 0.01,
     ) -> None:  # fmt: skip
         super().__init__()  # Tune sets metric and mode from TuneConfig; the score is ours
         self.planner = planner  # a module-level function: pickled by reference with the search state
@@ -47,7 +47,7 @@ class AdaptiveSeeds(Searcher):
         self.cells = [dict(c) for c in cells]
         self.flags = [dict(f) for f in flags]
         self.max_repeats = max_repeats
-        self.max_epochs = max_epochs
+        self.scored_epochs = scored_epochs  # the epoch trials are compared at
         self.rope = rope
         self.seeds = [0] * len(self.cells)  # seeds given to each cell so far
         self.queue: list[tuple[int, int]] = []  # (cell, repeat) still to suggest
@@ -71,6 +71,8 @@ class AdaptiveSeeds(Searcher):
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         value = result.get(self.score_metric)
+        if int(result.get("epoch", 0) or 0) > self.scored_epochs:
+            return  # past the scored budget (design.effects_budget): the planner compares cells there
         if isinstance(value, int | float) and math.isfinite(value):
             old = self.best.get(trial_id)
             better = old is None or (value > old if self.score_mode == "max" else value < old)
@@ -83,9 +85,10 @@ class AdaptiveSeeds(Searcher):
             return
         if result:
             self.on_trial_result(trial_id, result)
+
         cell, repeat = self.live.pop(trial_id)
         epoch = int((result or {}).get("epoch", 0) or 0)
-        state = "errored" if error else ("finished" if epoch >= self.max_epochs else "pruned")
+        state = "errored" if error else ("finished" if epoch >= self.scored_epochs else "pruned")
         self.done.append({"trial": trial_id, "cell": cell, "seed": float(repeat), "state": state,
                           "score": self.best.get(trial_id, math.nan), **self.flags[cell]})  # fmt: skip
 

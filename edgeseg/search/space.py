@@ -89,7 +89,7 @@ def adaptive_seeds(spec: SearchSpec, planner: Planner | None) -> AdaptiveSeeds:
         apply_overrides(base, trial_overrides({"overrides": c}), source="grid").feature_flags() for c in cells
     ]
     return AdaptiveSeeds(cells, flags, planner=planner, repeats=spec.repeats, max_repeats=spec.design.max_repeats,
-                         metric=spec.metric, mode=spec.mode, max_epochs=spec.max_epochs)  # fmt: skip
+                         metric=spec.metric, mode=spec.mode, scored_epochs=spec.design.effects_budget or spec.max_epochs)  # fmt: skip
 
 
 def expected_trials(spec: SearchSpec) -> int:

@@ -28,7 +28,7 @@ FLAGS = [{"cascade": str(c["model.cascade"]).lower(), "distance_aware": str(c["l
 
 def searcher(repeats: int = 2, max_repeats: int = 6) -> AdaptiveSeeds:
     return AdaptiveSeeds(CELLS, FLAGS, planner=plan_next_round, repeats=repeats, max_repeats=max_repeats,
-                         metric="val/miou", mode="max", max_epochs=2)  # fmt: skip
+                         metric="val/miou", mode="max", scored_epochs=2)  # fmt: skip
 
 
 def score(config: dict, rng: np.random.Generator) -> float:
@@ -76,7 +76,7 @@ def test_rounds_add_seeds_only_until_the_verdicts_are_decided():
 
 def test_a_clear_effect_and_clear_winner_need_no_more_seeds():
     alg = AdaptiveSeeds(CELLS[::2], FLAGS[::2], planner=plan_next_round, repeats=3, max_repeats=6,
-                        metric="val/miou", mode="max", max_epochs=2)  # fmt: skip
+                        metric="val/miou", mode="max", scored_epochs=2)  # fmt: skip
     total = drive(alg, np.random.default_rng(0))  # only cascade varies: BIG is decided at once
     assert total == 6 and alg.rounds == [2]
 
@@ -121,3 +121,16 @@ def test_adaptive_seeds_end_a_real_tune_run():
     for cell in CELLS:
         seeds = sorted(repeat for values, repeat in keys if values == tuple(cell.values()))
         assert seeds == list(range(len(seeds))) and len(seeds) >= 2
+
+
+def test_with_an_effects_budget_trials_are_compared_at_it():
+    alg = AdaptiveSeeds(CELLS, FLAGS, planner=plan_next_round, repeats=2, max_repeats=4, metric="val/miou",
+                        mode="max", scored_epochs=1)  # fmt: skip
+    config = alg.suggest("a")
+    alg.on_trial_result("a", {"epoch": 1, "val/miou": 0.3})
+    alg.on_trial_result("a", {"epoch": 2, "val/miou": 0.9})  # past the budget: not the score
+    alg.on_trial_complete("a", {"epoch": 2, "val/miou": 0.9})
+    assert config is not None and alg.done[0]["score"] == 0.3 and alg.done[0]["state"] == "finished"
+    alg.suggest("b")
+    alg.on_trial_complete("b", {"epoch": 0, "val/miou": 0.1})  # stopped before the budget
+    assert alg.done[1]["state"] == "pruned"
