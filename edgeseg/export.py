@@ -16,9 +16,10 @@ head ONNX into one graph ``image`` (0..255, the backbone's preprocessing inside)
 
 from __future__ import annotations
 
+import hashlib
 import json
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -486,8 +487,13 @@ def export_checkpoint(
     merge_backbone: bool = False,
     tolerance: float = 1e-3,
     latency_rois: Sequence[int] = (1, 16),
+    latency_cache: MutableMapping[str, dict[str, float]] | None = None,
 ) -> ExportResult:
     """ONNX + sidecar for a checkpoint, parity-checked in ONNX Runtime, with latency and complexity.
+
+    ``latency_cache``: latencies already measured for an architecture (the weights do not change
+    them), keyed by the head's model config, layers, input size and ROI counts; a search passes one
+    so that the seeds of a cell are timed once.
 
     With ``merge_backbone`` it also writes ``model_with_backbone.onnx``: one graph taking ``image``
     (float32 [B, 3, S, S], letterboxed RGB in 0..255; the backbone's preprocessing is inside the graph)
@@ -520,9 +526,14 @@ def export_checkpoint(
         },
         tolerance=tolerance,
     )  # fmt: skip
-    latency = latency_report(
-        head, ordered, input_size, onnx_path=report.onnx_path, num_rois=tuple(latency_rois)
-    )
+    key = _architecture_key(state, input_size, latency_rois)
+    latency = (latency_cache or {}).get(key)
+    if latency is None:
+        latency = latency_report(
+            head, ordered, input_size, onnx_path=report.onnx_path, num_rois=tuple(latency_rois)
+        )
+        if latency_cache is not None:
+            latency_cache[key] = latency
     merged = None
     if merge_backbone:
         onnx_file = backbone.get("onnx_path")
@@ -545,6 +556,12 @@ def export_checkpoint(
         flops["gflops_per_roi"],
         merged,
     )
+
+
+def _architecture_key(state: Mapping[str, Any], input_size: int, rois: Sequence[int]) -> str:
+    body = {"model": state.get("model_config"), "layers": state.get("layer_infos"), "input": input_size,
+            "rois": list(rois)}  # fmt: skip
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def verify_onnx(onnx_path: Path, sidecar: Mapping[str, Any]) -> tuple[int, ...]:

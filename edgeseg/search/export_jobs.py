@@ -40,8 +40,9 @@ class ExportJob:
     error: str = ""
 
 
-def run_export(job: ExportJob) -> ExportJob:
-    """Export in the background thread: no MLflow calls here."""
+def run_export(job: ExportJob, latency_cache: dict[str, dict[str, float]] | None = None) -> ExportJob:
+    """Export in the background thread: no MLflow calls here. ``latency_cache``: the latencies of
+    architectures already timed in this search (a cell's seeds share one architecture)."""
     from ray.train import Checkpoint
 
     try:
@@ -54,7 +55,7 @@ def run_export(job: ExportJob) -> ExportJob:
         job.checkpoint_metrics = {
             k: float(v) for k, v in (state.get("metrics") or {}).items() if isinstance(v, int | float)
         }
-        job.result = export_checkpoint(local, job.out_dir / "onnx")
+        job.result = export_checkpoint(local, job.out_dir / "onnx", latency_cache=latency_cache)
         # COCO mask AP of the best checkpoint (too slow to compute every epoch), logged with its ONNX
         metrics, _, _ = evaluate_checkpoint(local, log=lambda _: None)
         job.mask_ap = {k: float(v) for k, v in metrics.items() if k.startswith("val/mask_ap")}
@@ -73,12 +74,13 @@ class ExportWorker:
         self.todo: queue.Queue[ExportJob | None] = queue.Queue()
         self.done: queue.Queue[ExportJob] = queue.Queue()
         self.pending = 0
+        self.latency_cache: dict[str, dict[str, float]] = {}  # architecture -> latencies, for this driver
         self.thread = threading.Thread(target=self._loop, name="edgeseg-onnx-export", daemon=True)
         self.thread.start()
 
     def _loop(self) -> None:
         while (job := self.todo.get()) is not None:
-            self.done.put(run_export(job))
+            self.done.put(run_export(job, self.latency_cache))
 
     def submit(self, job: ExportJob) -> None:
         self.pending += 1

@@ -185,6 +185,20 @@ def test_export_matches_torch_on_real_features(trained, tmp_path: Path) -> None:
     assert agree > 0.999
 
 
+def test_seeds_of_one_architecture_are_timed_once(trained, tmp_path: Path) -> None:
+    """A search passes one latency cache: the same architecture with other weights reuses its timing,
+    but the graph itself is exported from its own weights."""
+    _, _, _, result, _ = trained
+    before_last, last = (result.run_dir / "checkpoints" / f"epoch_{e:04d}" for e in (EPOCHS - 1, EPOCHS))
+    cache: dict[str, dict[str, float]] = {}
+    a = export_checkpoint(last, tmp_path / "a", latency_rois=(1,), latency_cache=cache)
+    b = export_checkpoint(before_last, tmp_path / "b", latency_rois=(1,), latency_cache=cache)
+    assert len(cache) == 1 and a.latency_ms == b.latency_ms
+    assert a.onnx_path.read_bytes() != b.onnx_path.read_bytes()  # other weights, other graph
+    c = export_checkpoint(before_last, tmp_path / "c", latency_rois=(1, 4), latency_cache=cache)
+    assert len(cache) == 2 and "latency_ms/onnx/rois_4" in c.latency_ms
+
+
 def test_cli_bad_override_names_the_key(home: Path, capsys) -> None:
     code = main(["train", "--preset", "baseline", "--set", "train.learning_rate=1"])
     assert code == 2
