@@ -187,9 +187,11 @@ def _usable(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _varying_factors(usable: pd.DataFrame, factors: Sequence[str]) -> tuple[list[str], list[str]]:
-    """The factors that vary, minus those fully determined by the factors before them (e.g. ``layers``
-    and ``fusion`` when an axis ``multiscale`` sets both): such a factor adds no information, only
-    columns the model cannot separate. ``factors`` comes in order of priority (declared axes first)."""
+    """The factors that vary, minus those whose main effect the factors before them already span
+    (e.g. ``layers`` and ``fusion`` when an axis ``multiscale`` sets both): such a factor adds no
+    information, only columns the model cannot separate. A factor that is merely a function of all the
+    others, as every factor is in a fractional design with one trial per cell, keeps its effect.
+    ``factors`` comes in order of priority (declared axes first)."""
     varying: list[str] = []
     notes = []
     for factor in factors:
@@ -198,13 +200,27 @@ def _varying_factors(usable: pd.DataFrame, factors: Sequence[str]) -> tuple[list
             notes.append(
                 f"factor {factor!r} does not vary among the finished trials ({levels}) and is left out"
             )
-        elif varying and usable.groupby(varying)[factor].nunique().max() == 1:
+        elif (
+            varying
+            and usable.groupby(varying)[factor].nunique().max() == 1
+            and _spanned(usable, varying, factor)
+        ):
             notes.append(
                 f"factor {factor!r} is determined by {', '.join(varying)} and is left out (no effect of its own)"
             )
         else:
             varying.append(factor)
     return varying, notes
+
+
+def _spanned(usable: pd.DataFrame, before: Sequence[str], factor: str) -> bool:
+    """Whether ``factor``'s treatment dummies add nothing to the main-effects columns of ``before``."""
+
+    def dummies(columns: Sequence[str]) -> np.ndarray:
+        coded = pd.get_dummies(usable[list(columns)].astype(str), drop_first=True).to_numpy(dtype=float)
+        return np.hstack([np.ones((len(usable), 1)), coded])
+
+    return bool(np.linalg.matrix_rank(dummies([*before, factor])) == np.linalg.matrix_rank(dummies(before)))
 
 
 def config_labels(trials: pd.DataFrame, factors: Sequence[str]) -> pd.Series:

@@ -420,6 +420,22 @@ def test_a_factor_determined_by_earlier_factors_is_left_out_and_the_others_estim
         assert row["ci_low"] <= EXPECTED[key] <= row["ci_high"]
 
 
+def test_in_a_fractional_design_a_factor_that_is_a_function_of_the_others_keeps_its_effect() -> None:
+    # Half of the 2x2x3 grid, one cell per combination of cascade and decoder: distance_aware is then a
+    # function of (cascade, decoder), as every factor is in a fraction, yet its main effect is estimable.
+    trials = make_trials(seeds=4, interaction=0.0, rng_seed=3)
+    half = trials[
+        (trials["distance_aware"] == "true")
+        == ((trials["cascade"] == "true") ^ (trials["decoder"] == "hierarchical"))
+    ]
+    assert half.groupby(["cascade", "decoder"])["distance_aware"].nunique().max() == 1
+    analysis = run(half.reset_index(drop=True), factors=("cascade", "decoder", "distance_aware"))
+    assert "distance_aware" in analysis.factors
+    for key in (("cascade", "true"), ("decoder", "hierarchical"), ("distance_aware", "true")):
+        row = effect(analysis, *key)
+        assert row["ci_low"] <= PLANTED.get(key, 0.0) <= row["ci_high"], row
+
+
 # --- Pareto fronts and curves --------------------------------------------------------------------
 
 
