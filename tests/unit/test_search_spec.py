@@ -65,7 +65,9 @@ def test_smoke_spec_is_a_small_cpu_asha_search():
 
 
 def test_ablation_spec_is_the_feature_grid_with_repeats():
-    spec = load_spec(SEARCHES / "ablation.yaml")
+    shipped = load_spec(SEARCHES / "ablation.yaml")
+    assert shipped.design.kind == "fractional" and expected_trials(shipped) == 14 * 3  # the default
+    spec = dataclasses.replace(shipped, design=dataclasses.replace(shipped.design, kind="full"))
     assert spec.scheduler.kind == "fifo" and spec.searcher.kind == "grid" and spec.repeats == 3
     variants, skipped = grid_variants(spec)
     # By hand: multiscale(2) x variable ROI (needs 3 layers: 1 + 2 = 3 layer/ROI cells) x RGB(2) x
