@@ -14,7 +14,8 @@ from search_helpers import outcome_of, start_driver, tiny_overrides
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-TINY = tiny_overrides(epochs=4)
+EPOCHS = 8  # per trial: enough that a kill after 3 stored epochs lands mid-search on a loaded machine
+TINY = tiny_overrides(epochs=EPOCHS)
 
 
 def mlflow_client(home: Path):
@@ -93,11 +94,11 @@ def test_sigkill_mid_search_then_resume_completes_without_duplicates(tmp_path, w
             assert time.monotonic() < deadline, "the search reported no epochs within 240 s"
             time.sleep(0.2)
     finally:
-        os.killpg(driver.pid, signal.SIGKILL)  # mid-search: 8 epochs in all
+        os.killpg(driver.pid, signal.SIGKILL)  # mid-search: 2 * EPOCHS epochs in all
         driver.wait()
     client = mlflow_client(home)
     before = logged_points(client, "crash")
-    assert before < 8, "the search finished before it was killed; nothing to resume"
+    assert before < 2 * EPOCHS, "the search finished before it was killed; nothing to resume"
 
     resumed = outcome_of(start_driver("resume", body, home), timeout=300)
     assert resumed["state"] == "finished"
@@ -117,7 +118,10 @@ def test_sigkill_mid_search_then_resume_completes_without_duplicates(tmp_path, w
         assert run.info.status == "FINISHED"
         for key in ("val/miou", "train/loss", "lr"):
             history = client.get_metric_history(run.info.run_id, key)
-            assert sorted(m.step for m in history) == [1, 2, 3, 4], (key, [m.step for m in history])
+            assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1)), (
+                key,
+                [m.step for m in history],
+            )
         assert run.data.tags["onnx"] == "exported"
         # the ONNX was exported from the trial's best checkpoint, read back from the search storage
         assert run.data.tags["best_checkpoint"].startswith(storage)

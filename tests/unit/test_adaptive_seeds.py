@@ -93,17 +93,20 @@ def test_state_survives_save_and_restore_mid_round(tmp_path: Path):
 
 
 @pytest.mark.integration
-def test_adaptive_seeds_end_a_real_tune_run():
+def test_adaptive_seeds_end_a_real_tune_run(tmp_path: Path):
     import ray
     from ray import tune
 
-    def trainable(config):
-        rng = np.random.default_rng(int(config["repeat"]) * 17 + int(config["overrides"]["model.cascade"]))
-        value = score(config, rng)
+    big, small, noise = BIG, SMALL, NOISE
+
+    def trainable(config):  # nested and self-contained: Ray's workers cannot import this test module
+        o = config["overrides"]
+        rng = np.random.default_rng(int(config["repeat"]) * 17 + int(o["model.cascade"]))
+        value = 0.4 + big * o["model.cascade"] + small * o["loss.distance_aware"] + rng.normal(0, noise)
         tune.report({"epoch": 1, "val/miou": value - 0.05})
         tune.report({"epoch": 2, "val/miou": value})
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         alg = searcher(max_repeats=4)
         results = tune.Tuner(
@@ -111,7 +114,7 @@ def test_adaptive_seeds_end_a_real_tune_run():
             tune_config=tune.TuneConfig(
                 metric="val/miou", mode="max", search_alg=alg, num_samples=16, max_concurrent_trials=2
             ),  # fmt: skip
-            run_config=tune.RunConfig(verbose=0),
+            run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0),
         ).fit()
     finally:
         ray.shutdown()
