@@ -6,6 +6,7 @@ tracker logs what it returns on the driver's main thread).
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import queue
@@ -38,6 +39,7 @@ class ExportJob:
     checkpoint_epoch: int = 0
     mask_ap: dict[str, float] = field(default_factory=dict)  # val/mask_ap, val/mask_ap50, val/mask_ap75
     error: str = ""
+    deferred: bool = False  # a pruned trial: exported after every trial that ran its full budget
 
 
 def run_export(job: ExportJob, latency_cache: dict[str, dict[str, float]] | None = None) -> ExportJob:
@@ -68,23 +70,26 @@ def run_export(job: ExportJob, latency_cache: dict[str, dict[str, float]] | None
 
 
 class ExportWorker:
-    """One background thread; exports are CPU work that must not stall Tune's event loop."""
+    """One background thread; exports are CPU work that must not stall Tune's event loop. Trials that
+    ran their full budget go first (the best ONNX is among them); pruned ones wait behind them."""
 
-    def __init__(self) -> None:
-        self.todo: queue.Queue[ExportJob | None] = queue.Queue()
+    def __init__(self, start: bool = True) -> None:
+        self.todo: queue.PriorityQueue[tuple[int, int, ExportJob | None]] = queue.PriorityQueue()
+        self._order = itertools.count()  # first in, first out within a priority
         self.done: queue.Queue[ExportJob] = queue.Queue()
         self.pending = 0
         self.latency_cache: dict[str, dict[str, float]] = {}  # architecture -> latencies, for this driver
         self.thread = threading.Thread(target=self._loop, name="edgeseg-onnx-export", daemon=True)
-        self.thread.start()
+        if start:
+            self.thread.start()
 
     def _loop(self) -> None:
-        while (job := self.todo.get()) is not None:
+        while (job := self.todo.get()[2]) is not None:
             self.done.put(run_export(job, self.latency_cache))
 
     def submit(self, job: ExportJob) -> None:
         self.pending += 1
-        self.todo.put(job)
+        self.todo.put((int(job.deferred), next(self._order), job))
 
     def finished(self, wait: bool = False) -> list[ExportJob]:
         jobs = []
@@ -98,7 +103,7 @@ class ExportWorker:
         return jobs
 
     def close(self) -> None:
-        self.todo.put(None)
+        self.todo.put((2, next(self._order), None))  # after every queued export
 
 
 def primary_latency(latency: Mapping[str, float]) -> float:

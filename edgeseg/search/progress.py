@@ -4,7 +4,9 @@ Ray 2.60's new console output ignores ``progress_reporter`` (``CLIReporter``) un
 ``RAY_AIR_NEW_OUTPUT=0``, so the search runs Tune with ``verbose=0`` and prints its own table from a
 driver-side callback: one row per trial with its state, epoch, latest and best metric, and whether
 ASHA (or a user) pruned it. The table is printed at most every ``interval_s`` seconds, and whenever
-a trial ends. A NaN or infinite value is shown but never becomes a trial's best.
+a trial ends. It lists the live trials (running, pending, errored) and the ``top`` best of the ended
+ones, and counts the rest, so its size does not grow with the search (`edgeseg search status` lists
+every trial). A NaN or infinite value is shown but never becomes a trial's best.
 """
 
 from __future__ import annotations
@@ -21,8 +23,11 @@ from edgeseg.search.trainable import deterministic_failure
 
 
 class ProgressTable(tune.Callback):
-    def __init__(self, metric: str, mode: str, max_epochs: int, interval_s: float = 15.0) -> None:
+    def __init__(
+        self, metric: str, mode: str, max_epochs: int, interval_s: float = 15.0, top: int = 5
+    ) -> None:
         self.metric = metric
+        self.top = top
         self.mode = mode
         self.max_epochs = max_epochs
         self.interval_s = interval_s
@@ -79,7 +84,8 @@ class ProgressTable(tune.Callback):
             f"== search progress {elapsed:6.0f}s: {summary}",
             f"{'trial':12s} {'state':11s} {'epoch':>7s} {self.metric:>10s} {'best':>8s}  note",
         ]
-        for trial in trials:
+        rows, hidden = self._rows(trials)
+        for trial in rows:
             result = trial.last_result or {}
             epoch = self._epoch.get(trial.trial_id, int(result.get("epoch", 0) or 0))
             value = result.get(self.metric)
@@ -94,7 +100,22 @@ class ProgressTable(tune.Callback):
                 f"{trial.trial_id:12s} {trial.status:11s} {epoch:3d}/{self.max_epochs:<3d} {shown:>10s} "
                 f"{(f'{best:.4f}' if best is not None else '-'):>8s}  {note}"
             )
+        if hidden:
+            lines.append(f"... and {hidden} more ended trials (`edgeseg search status` lists all)")
         return "\n".join(lines)
+
+    def _rows(self, trials: list[Any]) -> tuple[list[Any], int]:
+        """The trials shown, in their order: live and errored ones, and the ``top`` best ended ones;
+        and how many ended trials are left out."""
+        ended = [t for t in trials if t.status == "TERMINATED" and t.trial_id in self._best]
+        sign = -1.0 if self.mode == "max" else 1.0
+        best = {t.trial_id for t in sorted(ended, key=lambda t: sign * self._best[t.trial_id])[: self.top]}
+        shown = [
+            t
+            for t in trials
+            if t.status != "TERMINATED" or t.trial_id in best or t.trial_id not in self._best
+        ]
+        return shown, len(trials) - len(shown)
 
     def print_table(self, trials: list[Any]) -> None:
         self._last_print = time.monotonic()

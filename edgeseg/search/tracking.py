@@ -334,7 +334,7 @@ class MlflowTracker(tune.Callback):
             tags["pruned_at_epoch"] = str(epoch)
             tags["pruned_by"] = "user" if self._user_stopped(trial.trial_id) else self.spec.scheduler.kind
         self.client.log_batch(state.run_id, tags=[RunTag(k, v) for k, v in tags.items()])  # one write
-        self._finish(trial.trial_id, state, "FINISHED")
+        self._finish(trial.trial_id, state, "FINISHED", deferred=pruned)
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         from mlflow.entities import RunTag
@@ -373,7 +373,7 @@ class MlflowTracker(tune.Callback):
 
         return StorageFolder(self.stop_requests_dir).exists(trial_id)
 
-    def _finish(self, trial_id: str, state: _RunState, status: str) -> None:
+    def _finish(self, trial_id: str, state: _RunState, status: str, deferred: bool = False) -> None:
         if not self.spec.export_onnx:
             self.client.set_tag(state.run_id, "onnx", "disabled")
             self.client.set_terminated(state.run_id, status=status)
@@ -387,7 +387,9 @@ class MlflowTracker(tune.Callback):
         self._exported.add(trial_id)
         assert self._exporter is not None
         self._exporter.submit(
-            ExportJob(trial_id, state.run_id, state.best_checkpoint, status, state.config or {})
+            ExportJob(
+                trial_id, state.run_id, state.best_checkpoint, status, state.config or {}, deferred=deferred
+            )
         )
 
     def _collect_exports(self, wait: bool) -> None:
