@@ -22,7 +22,9 @@ run is tagged ``error_kind = deterministic`` at once (``retries_exhausted`` for 
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import shutil
 import tempfile
 import time
@@ -35,6 +37,7 @@ import yaml
 from ray import tune
 
 from edgeseg.config import ConfigError, ExperimentConfig
+from edgeseg.search.budget_watch import METRIC, BudgetWatch
 from edgeseg.search.export_jobs import ExportJob, ExportWorker, latency_metric_name, primary_latency
 from edgeseg.search.mlflow_runs import (
     batches,
@@ -106,6 +109,9 @@ class MlflowTracker(tune.Callback):
         self._exporter: ExportWorker | None = None
         self._swept = False
         self._exported: set[str] = set()
+        budget = self.spec.design.effects_budget
+        # after a resume it sees the trials that end from then on; the report counts every run
+        self._budget = BudgetWatch(budget, self.spec.mode) if budget else None
 
     def __getstate__(self) -> dict[str, Any]:
         return {"spec": self.spec, "search_id": self.search_id, "stop_requests_dir": self.stop_requests_dir}
@@ -294,6 +300,8 @@ class MlflowTracker(tune.Callback):
             metrics += [Metric(k, float(result[k]), now, 0) for k in STATIC_KEYS if is_number(result.get(k))]
             state.static_logged = True
         tags = [RunTag("last_epoch", str(max(state.last_epoch, epoch)))]
+        if self._budget is not None and is_finite_number(result.get(self.spec.metric)):
+            self._budget.observe(trial.trial_id, epoch, float(result[self.spec.metric]))
         path = result.get("checkpoint_path")
         if path:  # both executors persist the epoch's checkpoint before reporting it
             tags += self._maybe_best(state, result, checkpoint_uri(str(self.spec.storage), str(path)), epoch)
@@ -334,7 +342,18 @@ class MlflowTracker(tune.Callback):
             tags["pruned_at_epoch"] = str(epoch)
             tags["pruned_by"] = "user" if self._user_stopped(trial.trial_id) else self.spec.scheduler.kind
         self.client.log_batch(state.run_id, tags=[RunTag(k, v) for k, v in tags.items()])  # one write
+        if self._budget is not None and not pruned:
+            self._log_budget_agreement(trial.trial_id, state)
         self._finish(trial.trial_id, state, "FINISHED", deferred=pruned)
+
+    def _log_budget_agreement(self, trial_id: str, state: _RunState) -> None:
+        assert self._budget is not None
+        config = dict(state.config or {})
+        config["train"] = {k: v for k, v in dict(config.get("train", {})).items() if k != "seed"}
+        cell = json.dumps(config, sort_keys=True, default=str)  # the configuration, whatever its seed
+        found = self._budget.finished(trial_id, cell, state.best_value)
+        if found is not None and math.isfinite(found[1]):
+            self.client.log_metric(self._parent_id, METRIC, found[1], step=found[0])
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         from mlflow.entities import RunTag

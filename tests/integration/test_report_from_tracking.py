@@ -193,6 +193,11 @@ def test_effects_at_a_low_budget_use_every_trial_and_check_the_ranking(tmp_path)
     assert analysis.extra["effects_budget"] == 1
     agreement = analysis.extra["budget_agreement"]
     assert agreement["cells"] == 3 and agreement["kendall_tau"] == pytest.approx(1.0)
+    # the tracker logged the same figure on the parent run while the trials finished
+    live = MlflowClient(spec.mlflow.tracking_uri).get_metric_history(
+        analysis.extra["parent_run_id"], "effects_budget/kendall_tau"
+    )
+    assert live and live[-1].step == 3 * SEEDS and live[-1].value == pytest.approx(1.0)
     cascade = effect(analysis, "cascade")  # estimated from all 4 cells, the pruned one included
     assert (
         cascade["ci_low"] <= CASCADE + INTERACTION / 2 <= cascade["ci_high"]
@@ -213,4 +218,9 @@ def test_low_budget_effects_are_undecided_when_the_ranking_flips(tmp_path):
 
     assert analysis.extra["budget_agreement"]["kendall_tau"] < 0
     assert set(analysis.effects["verdict"]) == {"undecided"}
+    client = MlflowClient(spec.mlflow.tracking_uri)
+    live = client.get_metric_history(analysis.extra["parent_run_id"], "effects_budget/kendall_tau")
+    assert [m.step for m in live] == list(range(2 * SEEDS + 1, 4 * SEEDS + 1)) and live[-1].value == pytest.approx(
+        analysis.extra["budget_agreement"]["kendall_tau"]
+    )
     assert "so these effects are undecided" in to_markdown(analysis)
