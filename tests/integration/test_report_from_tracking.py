@@ -220,7 +220,7 @@ def test_low_budget_effects_are_undecided_when_the_ranking_flips(tmp_path):
     assert set(analysis.effects["verdict"]) == {"undecided"}
     client = MlflowClient(spec.mlflow.tracking_uri)
     live = client.get_metric_history(analysis.extra["parent_run_id"], "effects_budget/kendall_tau")
-    assert [m.step for m in live] == list(range(2 * SEEDS + 1, 4 * SEEDS + 1)) and live[-1].value == pytest.approx(
-        analysis.extra["budget_agreement"]["kendall_tau"]
-    )
+    assert [m.step for m in live] == list(range(2 * SEEDS + 1, 4 * SEEDS + 1)) and live[
+        -1
+    ].value == pytest.approx(analysis.extra["budget_agreement"]["kendall_tau"])
     assert "so these effects are undecided" in to_markdown(analysis)
