@@ -382,17 +382,12 @@ def reanswer(report: dict[str, Any], base: Path) -> None:
         log(f"{arm}: answer read again from {home}")
 
 
-def save(report: dict[str, Any], out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.markdown:
         print(markdown(json.loads(args.markdown.read_text())))
         return 0
-    from bench_presets import machine_info
+    from bench_presets import machine_info, write_report
 
     report: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
     report.setdefault("benchmark", "bench_ablation")
@@ -415,14 +410,14 @@ def main(argv: list[str] | None = None) -> int:
             report["arms"].update(run_original_arm(args.epochs, args.home, report["arms"].get("grid", {})))
         else:
             report["arms"][arm] = run_service_arm(arm, args.epochs, args.home)
-        save(report, args.out)
+        write_report(report, args.out)
     report["machine"] = machine_info(1, note="2 concurrent trials at 1 thread each; core-seconds from /proc")
     ground, original = report["arms"].get("grid"), report["arms"].get("original")
     if ground is not None:
         report["comparison"] = {
             name: compare(arm, ground, original) for name, arm in report["arms"].items() if "effects" in arm
         }
-    save(report, args.out)
+    write_report(report, args.out)
     print(json.dumps(report, indent=2))
     return 0
 

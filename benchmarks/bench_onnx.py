@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_presets import load_average, time_ms
+from bench_presets import load_average, time_ms, write_report
 from bench_presets import machine_info as presets_machine_info
 
 ROI_COUNTS = (1, 16)
@@ -208,8 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                 "meets_target": entry["meets_target"],
             }
             report["machine"]["load_average_end"] = load_average()
-            if args.out:
-                args.out.write_text(json.dumps(report, indent=2) + "\n")
+            write_report(report, args.out)
     print(json.dumps(report, indent=2))
     return 0
 

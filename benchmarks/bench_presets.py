@@ -46,6 +46,15 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+def write_report(report: dict[str, Any], out: Path | None) -> None:
+    """Rewrite a benchmark's JSON at ``out`` (after every unit of work, so a long run keeps what it
+    measured if it is stopped); nothing without ``--out``."""
+    if out is None:
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -400,8 +409,7 @@ def main(argv: list[str] | None = None) -> int:
             report["presets"].append(run_preset(preset, args, datasets, video_root))
         report["wall_seconds"] = round(time.perf_counter() - started, 1)
         report["load_average_end"] = load_average()
-        if args.out:
-            args.out.write_text(json.dumps(report, indent=2) + "\n")
+        write_report(report, args.out)
     print(json.dumps(report, indent=2))
     return 0
 

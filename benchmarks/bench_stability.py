@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     os.environ.setdefault("EDGESEG_HOME", str(args.home))
 
-    from bench_presets import machine_info
+    from bench_presets import machine_info, write_report
 
     from edgeseg.config import PRESETS
 
@@ -201,9 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         report["presets"].append({"preset": preset, **summary, "runs": runs})
         report["wall_seconds"] = round(time.perf_counter() - started, 1)
         report["all_stable"] = all(p["stable"] for p in report["presets"])
-        if args.out:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(report, indent=2) + "\n")
+        write_report(report, args.out)
     print(json.dumps(report, indent=2))
     return 0
 
