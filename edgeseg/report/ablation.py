@@ -73,10 +73,8 @@ def _curves(client: Any, runs: Sequence[Any], metric: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["trial", "epoch", "value"])
 
 
-def _completeness(parent: Any, trials: pd.DataFrame, expected: int | None) -> Completeness:
-    counts = {state: int((trials["state"] == state).sum()) for state in ("finished", "pruned", "errored")}
-    state = parent.data.tags.get(names.TAG_STATE, "unknown") if parent is not None else "unknown"
-    return Completeness(expected=expected, **counts, running=len(trials) - sum(counts.values()), state=state)
+def _search_state(parent: Any) -> str:
+    return parent.data.tags.get(names.TAG_STATE, "unknown") if parent is not None else "unknown"
 
 
 def build_report(
@@ -102,9 +100,8 @@ def build_report(
     if not runs:
         raise ReportError(f"search {search_id!r} in MLflow experiment {experiment!r} has no trial runs")
     parent = parents[0] if parents else None
-    search_metric = parent.data.params.get("metric", "val/miou") if parent is not None else "val/miou"
-    search_mode = parent.data.params.get("mode", "max") if parent is not None else "max"
     params = parent.data.params if parent is not None else {}
+    search_metric, search_mode = params.get("metric", "val/miou"), params.get("mode", "max")
     if effects_budget is None:
         effects_budget = int(params.get("effects_budget", 0) or 0)
     if metric not in (None, search_metric):
@@ -118,7 +115,7 @@ def build_report(
     )
     analysis = analyse(
         trials, search=search_id, metric=search_metric, mode=mode or search_mode, factors=list(factors),
-        completeness=_completeness(parent, trials, expected), curves=None, rope=rope,
+        completeness=Completeness.of(trials, expected, _search_state(parent)), curves=None, rope=rope,
     )  # fmt: skip
     if effects_budget:
         full_budget = int(params.get("max_epochs", 0) or max(curves["epoch"], default=0))

@@ -25,24 +25,20 @@ def plan_next_round(
     """The indices (into ``flags``) of the cells that get one more seed; empty: nothing more to learn."""
     trials = done.copy()
     trials["config"] = trials["cell"].map(lambda c: f"cell {c}")
+    cell_of = dict(zip(trials["config"], trials["cell"], strict=True))
     analysis = analyse(trials, search="adaptive", metric=metric, mode=mode, factors=list(flags[0]),
-                       completeness=_running(trials), rope=rope)  # fmt: skip
+                       completeness=Completeness.of(trials, None, "running"), rope=rope)  # fmt: skip
     picked: set[int] = set()
     for _, effect in analysis.effects.iterrows():
         needs = effect["more_seeds"]
         if effect["verdict"] == "undecided" and pd.notna(needs) and 0 < needs <= left:
             levels = {effect["level"], effect["reference"]}
             picked |= {i for i, f in enumerate(flags) if f.get(effect["factor"]) in levels}
-    return sorted(picked | contenders(analysis.configs, mode))
+    return sorted(picked | {int(cell_of[label]) for label in contenders(analysis.configs, mode)})
 
 
-def _running(trials: pd.DataFrame) -> Completeness:
-    counts = {state: int((trials["state"] == state).sum()) for state in ("finished", "pruned", "errored")}
-    return Completeness(expected=None, **counts, running=0, state="running")
-
-
-def contenders(configs: pd.DataFrame, mode: str) -> set[int]:
-    """Cells whose interval overlaps the best cell's (none when the best stands alone)."""
+def contenders(configs: pd.DataFrame, mode: str) -> set[str]:
+    """The configurations whose interval overlaps the best one's (none when the best stands alone)."""
     if configs.empty:
         return set()
     ordered = configs.sort_values("mean", ascending=mode == "min")
@@ -54,4 +50,4 @@ def contenders(configs: pd.DataFrame, mode: str) -> set[int]:
     )
     if len(overlap) < 2:
         return set()
-    return {int(str(label).split()[-1]) for label in overlap["config"]}
+    return set(overlap["config"])

@@ -66,6 +66,12 @@ class Completeness:
     running: int
     state: str  # "finished" | "incomplete" (trials errored) | "stopped" | "running" | "unknown"
 
+    @classmethod
+    def of(cls, trials: pd.DataFrame, expected: int | None, state: str) -> Completeness:
+        """Counted from a trial table's ``state`` column (trials in no end state are running)."""
+        counts = {s: int((trials["state"] == s).sum()) for s in ("finished", "pruned", "errored")}
+        return cls(expected=expected, **counts, running=len(trials) - sum(counts.values()), state=state)
+
     @property
     def done(self) -> int:
         return self.finished + self.pruned + self.errored

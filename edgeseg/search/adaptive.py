@@ -25,6 +25,8 @@ from typing import Any, Protocol
 import pandas as pd
 from ray.tune.search import Searcher
 
+from edgeseg.search.spec import improves, is_finite_number
+
 
 class Planner(Protocol):
     """Picks the cells of the next round from the ended trials (``edgeseg.report.adaptive`` has the
@@ -57,6 +59,11 @@ class AdaptiveSeeds(Searcher):
         self.rounds: list[int] = []  # cells picked per round
         self._add_round(range(len(self.cells)), repeats)
 
+    @property
+    def max_trials(self) -> int:
+        """Every cell at ``max_repeats`` seeds: the most trials the search can run."""
+        return len(self.cells) * self.max_repeats
+
     # -- Searcher API ---------------------------------------------------------------------------
     def suggest(self, trial_id: str) -> dict[str, Any] | None:  # or Searcher.FINISHED, as Tune documents
         if not self.queue and not self.live:
@@ -73,10 +80,8 @@ class AdaptiveSeeds(Searcher):
         value = result.get(self.score_metric)
         if int(result.get("epoch", 0) or 0) > self.scored_epochs:
             return  # past the scored budget (design.effects_budget): the planner compares cells there
-        if isinstance(value, int | float) and math.isfinite(value):
-            old = self.best.get(trial_id)
-            better = old is None or (value > old if self.score_mode == "max" else value < old)
-            self.best[trial_id] = float(value) if better else old  # type: ignore[assignment]
+        if is_finite_number(value) and improves(value, self.best.get(trial_id), self.score_mode):
+            self.best[trial_id] = float(value)
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False

@@ -10,7 +10,7 @@ MLflow UI shows while the search runs whether the low-budget effects will hold. 
 
 from __future__ import annotations
 
-import math
+from edgeseg.search.spec import improves
 
 METRIC = "effects_budget/kendall_tau"
 
@@ -22,12 +22,9 @@ class BudgetWatch:
         self.low: dict[str, float] = {}  # trial -> best value within the budget
         self.cells: dict[str, list[tuple[float, float]]] = {}  # cell -> (low, full) per finished trial
 
-    def _better(self, value: float, old: float | None) -> bool:
-        return old is None or (value > old if self.mode == "max" else value < old)
-
     def observe(self, trial_id: str, epoch: int, value: float) -> None:
         """One finite metric value of ``trial_id`` at ``epoch``."""
-        if epoch <= self.budget and self._better(value, self.low.get(trial_id)):
+        if epoch <= self.budget and improves(value, self.low.get(trial_id), self.mode):
             self.low[trial_id] = value
 
     def finished(self, trial_id: str, cell: str, full: float | None) -> tuple[int, float] | None:
@@ -43,5 +40,4 @@ class BudgetWatch:
             return None
         lows = [sum(p[0] for p in pairs) / len(pairs) for pairs in self.cells.values()]
         fulls = [sum(p[1] for p in pairs) / len(pairs) for pairs in self.cells.values()]
-        tau = float(kendalltau(lows, fulls).statistic)
-        return sum(len(pairs) for pairs in self.cells.values()), tau if math.isfinite(tau) else math.nan
+        return sum(len(pairs) for pairs in self.cells.values()), float(kendalltau(lows, fulls).statistic)

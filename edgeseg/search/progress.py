@@ -18,7 +18,7 @@ from typing import Any
 
 from ray import tune
 
-from edgeseg.search.spec import is_finite_number
+from edgeseg.search.spec import improves, is_finite_number
 from edgeseg.search.trainable import deterministic_failure
 
 
@@ -56,10 +56,9 @@ class ProgressTable(tune.Callback):
         if "epoch" in result:
             self._epoch[trial.trial_id] = int(result["epoch"] or 0)
         value = result.get(self.metric)
-        if is_finite_number(value):  # `x > nan` is false: a NaN best would stay the best forever
-            old = self._best.get(trial.trial_id)
-            if old is None or (value > old if self.mode == "max" else value < old):
-                self._best[trial.trial_id] = float(value)
+        # `x > nan` is false: a NaN best would stay the best forever
+        if is_finite_number(value) and improves(value, self._best.get(trial.trial_id), self.mode):
+            self._best[trial.trial_id] = float(value)
 
     def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
         if time.monotonic() - self._last_print >= self.interval_s:

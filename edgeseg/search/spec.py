@@ -697,6 +697,11 @@ def is_finite_number(value: Any) -> TypeGuard[int | float]:
     return is_number(value) and math.isfinite(value)
 
 
+def improves(value: float, best: float | None, mode: str) -> bool:
+    """Whether ``value`` beats ``best`` (None: nothing yet) in the direction of ``mode``."""
+    return best is None or (value > best if mode == "max" else value < best)
+
+
 class _Reader:
     """Typed access to spec values with errors that name the file and the dotted key."""
 

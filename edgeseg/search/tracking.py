@@ -22,7 +22,6 @@ run is tagged ``error_kind = deterministic`` at once (``retries_exhausted`` for 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import shutil
@@ -50,7 +49,14 @@ from edgeseg.search.mlflow_runs import (
 )
 from edgeseg.search.names import EPOCH_KEYS, EPOCH_PREFIXES, ROLE_SEARCH, ROLE_TRIAL, STATIC_KEYS
 from edgeseg.search.space import expected_trials
-from edgeseg.search.spec import SearchSpec, is_finite_number, is_number, trial_config, trial_overrides
+from edgeseg.search.spec import (
+    SearchSpec,
+    improves,
+    is_finite_number,
+    is_number,
+    trial_config,
+    trial_overrides,
+)
 from edgeseg.search.storage import StorageFolder, checkpoint_uri
 from edgeseg.search.trainable import deterministic_failure
 
@@ -319,10 +325,7 @@ class MlflowTracker(tune.Callback):
         if not is_finite_number(raw):  # `x > nan` is false: a NaN best would stay the best forever
             return []
         value = float(raw)
-        better = state.best_value is None or (
-            value > state.best_value if self.spec.mode == "max" else value < state.best_value
-        )
-        if not better:
+        if not improves(value, state.best_value, self.spec.mode):
             return []
         state.best_value, state.best_checkpoint = value, uri
         return [
@@ -343,15 +346,14 @@ class MlflowTracker(tune.Callback):
             tags["pruned_by"] = "user" if self._user_stopped(trial.trial_id) else self.spec.scheduler.kind
         self.client.log_batch(state.run_id, tags=[RunTag(k, v) for k, v in tags.items()])  # one write
         if self._budget is not None and not pruned:
-            self._log_budget_agreement(trial.trial_id, state)
+            self._log_budget_agreement(trial, state)
         self._finish(trial.trial_id, state, "FINISHED", deferred=pruned)
 
-    def _log_budget_agreement(self, trial_id: str, state: _RunState) -> None:
+    def _log_budget_agreement(self, trial: Any, state: _RunState) -> None:
         assert self._budget is not None
-        config = dict(state.config or {})
-        config["train"] = {k: v for k, v in dict(config.get("train", {})).items() if k != "seed"}
-        cell = json.dumps(config, sort_keys=True, default=str)  # the configuration, whatever its seed
-        found = self._budget.finished(trial_id, cell, state.best_value)
+        # the trial ran to its end, so its config is valid; its cell is shared by the cell's repeats
+        cell = variant_hash(self._trial_config(trial), self.spec.base_config().train.seed)
+        found = self._budget.finished(trial.trial_id, cell, state.best_value)
         if found is not None and math.isfinite(found[1]):
             self.client.log_metric(self._parent_id, METRIC, found[1], step=found[0])
 

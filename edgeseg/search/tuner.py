@@ -157,9 +157,7 @@ def build_tuner(
             search_alg=searcher,
             scheduler=scheduler,
             # adaptive seeds end the search themselves (Searcher.FINISHED); this is only their upper bound
-            num_samples=len(grid_variants(spec)[0]) * spec.design.max_repeats
-            if adaptive
-            else spec.num_samples,
+            num_samples=searcher.max_trials if adaptive else spec.num_samples,
             # The variant generator takes the limit itself (see space.search_algorithm).
             max_concurrent_trials=spec.max_concurrent_trials
             if spec.searcher.kind == "optuna" or adaptive
