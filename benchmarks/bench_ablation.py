@@ -211,8 +211,7 @@ def full_budget_cells(where: Any, analysis: Any) -> dict[str, dict[str, float]]:
     from edgeseg.search.mlflow_runs import client_for, search_runs
 
     client = client_for(where.tracking_uri)
-    experiment = client.get_experiment_by_name(where.experiment_name)
-    runs = search_runs(client, experiment.experiment_id,
+    runs = search_runs(client, where.experiment_id,
                        {names.TAG_SEARCH_ID: where.search_id, names.TAG_ROLE: names.ROLE_TRIAL})  # fmt: skip
     key = {r.info.run_id: "|".join(f"{f}={r.data.tags.get(f, '')}" for f in FEATURE_FLAGS) for r in runs}
     done = analysis.trials[analysis.trials["state"] == "finished"]
