@@ -44,6 +44,7 @@ from typing import Any
 
 from ray import tune
 
+from edgeseg.search.disk import DiskUse, format_disk_use, search_disk_use
 from edgeseg.search.names import ROLE_SEARCH, ROLE_TRIAL
 from edgeseg.search.space import expected_trials
 from edgeseg.search.spec import SearchSpec, SpecError, spec_from_mapping
@@ -594,6 +595,8 @@ class SearchStatus:
     errored: int = 0
     tracking_uri: str = ""  # the one read (a password in it masked)
     tracking_error: str = ""  # MLflow could not be read: the table shows Tune's side only
+    disk: DiskUse | None = None  # what the search holds in its storage folder
+    disk_error: str = ""  # the storage folder could not be listed
 
 
 def search_state(driver: str, trials: list[TrialRow], expected: int) -> str:
@@ -652,9 +655,14 @@ def search_status(name: str, storage: str | None = None, tracking_uri: str | Non
         )
     driver = str(driver_state(name, str(spec.storage)).get("state", ""))
     expected = expected_trials(spec)
+    disk, disk_error = None, ""
+    try:
+        disk = search_disk_use(str(spec.storage), name)
+    except OSError as exc:  # storage unreachable from here: the rest of the status still shows
+        disk_error = f"{type(exc).__name__}: {scrub(str(exc)[:300], secret_values(str(spec.storage)))}"
     return SearchStatus(name, record.search_id, driver, spec.metric, expected, rows, best_id,
                         search_state(driver, rows, expected), sum(r.state == "ERROR" for r in rows),
-                        redact_uri(uri), tracking_error)  # fmt: skip
+                        redact_uri(uri), tracking_error, disk, disk_error)  # fmt: skip
 
 
 def _tracked_runs(uri: str, record: SearchRecord) -> tuple[dict[str, Any], str]:
@@ -714,6 +722,10 @@ def format_status(status: SearchStatus) -> str:
         )
     if status.best_run_id:
         lines.append(f"* best MLflow run: {status.best_run_id}")
+    if status.disk is not None:
+        lines.append(format_disk_use(status.disk))
+    if status.disk_error:
+        lines.append(f"warning: disk use unknown ({status.disk_error})")
     if status.tracking_error:
         lines.append(f"warning: {status.tracking_error}")
     return "\n".join(lines)

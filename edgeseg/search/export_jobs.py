@@ -29,7 +29,7 @@ log = logging.getLogger("edgeseg.search.export_jobs")
 @dataclass
 class ExportJob:
     trial_id: str
-    run_id: str
+    run_key: str  # the trial's run in the tracker's outbox
     checkpoint: str  # path or URI of the best checkpoint directory
     final_status: str  # MLflow status once logged: FINISHED or FAILED
     config: dict[str, Any]

@@ -1,20 +1,73 @@
 """Small MLflow helpers shared by tracking, control, artifacts and the report: the client, the
-experiment, runs found by tags (paged), the best run by a metric."""
+experiment, runs found by tags (paged), the best run by a metric.
+
+A SQL store needs its database driver in this Python (``postgresql://`` needs psycopg, from
+``pip install 'edgeseg[postgres]'``); :func:`client_for` checks for it first, so a missing driver is one
+line naming the module and what to install, not MLflow's traceback from deep inside SQLAlchemy."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from mlflow.tracking import MlflowClient
-
-from edgeseg.config import ExperimentConfig, apply_overrides
+from edgeseg.config import ConfigError, ExperimentConfig, apply_overrides
 from edgeseg.search.names import EXPERIMENT_KIND_TAG, EXPERIMENT_TAGS
+from edgeseg.secrets import redact_uri
+
+# SQLAlchemy's driver name -> (the module it imports, what installs it). A plain postgresql:// URI
+# takes SQLAlchemy's default driver: psycopg (3) since SQLAlchemy 2.1, psycopg2 before.
+_STORE_DRIVERS = {
+    "psycopg": ("psycopg", "pip install 'edgeseg[postgres]'"),
+    "psycopg2": ("psycopg2", "pip install 'edgeseg[postgres]'"),
+    "pg8000": ("pg8000", "pip install pg8000"),
+    "pymysql": ("pymysql", "pip install pymysql"),
+    "mysqldb": ("MySQLdb", "pip install mysqlclient"),
+    "pymssql": ("pymssql", "pip install pymssql"),
+    "pyodbc": ("pyodbc", "pip install pyodbc"),
+}
+_SQL_SERVERS = {"postgresql": "PostgreSQL", "mysql": "MySQL", "mssql": "SQL Server"}
+
+
+class StoreDriverError(ConfigError):
+    """The database driver of a SQL tracking store is not installed in this Python."""
+
+
+def store_driver_problem(uri: str) -> str | None:
+    """Why the SQL store ``uri`` cannot be opened here for lack of its database driver, or None
+    (not a PostgreSQL/MySQL/SQL Server URI, or its driver is importable)."""
+    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
+    server = _SQL_SERVERS.get(scheme.split("+", 1)[0])
+    if server is None:
+        return None
+    from sqlalchemy.engine.url import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        driver = make_url(uri).get_dialect().driver  # the dialect class only; the driver is not imported
+    except (ArgumentError, NoSuchModuleError, ValueError):
+        return None  # a malformed URI or a driver SQLAlchemy does not know: its own error says more
+    module, install = _STORE_DRIVERS.get(driver, ("", ""))
+    if not module or importlib.util.find_spec(module) is not None:
+        return None
+    return (
+        f"tracking store {redact_uri(uri)!r} needs the {server} driver module {module!r} "
+        f"(SQLAlchemy's {driver} driver for {scheme}://), which is not installed: {install}"
+    )
+
+
+def require_store_driver(uri: str) -> None:
+    """Raise :class:`StoreDriverError` when :func:`store_driver_problem` finds one."""
+    if problem := store_driver_problem(uri):
+        raise StoreDriverError(problem)
 
 
 def client_for(tracking_uri: str) -> Any:
+    require_store_driver(tracking_uri)
+    from mlflow.tracking import MlflowClient  # a second of imports: only for the commands that talk to MLflow
+
     return MlflowClient(tracking_uri=tracking_uri)
 
 

@@ -62,16 +62,22 @@ def search_algorithm(spec: SearchSpec, planner: Planner | None = None) -> Any:
     """OptunaSearch (seeded TPE), adaptive seeds over the design's cells, or Tune's grid/random
     variant generator, seeded.
 
-    The variant generator is not a ``Searcher``, so Tune would ignore ``max_concurrent_trials`` for
-    it; it takes the limit itself. For the others, the Tuner wraps them in a ConcurrencyLimiter.
+    The variant generator and the Optuna generator (:mod:`edgeseg.search.proposals`) are not a
+    ``Searcher``, so Tune would ignore ``max_concurrent_trials`` for them; they take the limit
+    themselves. For adaptive seeds, the Tuner wraps them in a ConcurrencyLimiter.
     """
     if spec.design.max_repeats:
         return adaptive_seeds(spec, planner)
     if spec.searcher.kind == "optuna":
         from optuna.samplers import TPESampler
-        from ray.tune.search.optuna import OptunaSearch
 
-        return OptunaSearch(sampler=TPESampler(seed=spec.searcher.seed), metric=spec.metric, mode=spec.mode)
+        from edgeseg.search.proposals import resumable_optuna
+        from edgeseg.search.storage import control_folder
+
+        # Stable trial ids and a journal of proposals: a resume never re-runs a finished configuration.
+        journal = control_folder(str(spec.storage), spec.name).child("proposals").uri
+        return resumable_optuna(TPESampler(seed=spec.searcher.seed), spec.metric, spec.mode,
+                                spec.max_concurrent_trials, journal)  # fmt: skip
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     return BasicVariantGenerator(max_concurrent=spec.max_concurrent_trials, random_state=spec.searcher.seed)

@@ -131,12 +131,14 @@ class MlflowSpec:
     tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI or SQLite under $EDGESEG_HOME/mlflow
     experiment: str | None = None  # None: the search name
     artifact_location: str | None = None  # None: $EDGESEG_HOME/mlflow/artifacts/<experiment> (local stores)
+    # at the search's end, how long to wait for MLflow to take the writes kept during an outage
+    flush_timeout_s: float = 300.0
 
     def redacted(self) -> MlflowSpec:
         """The same store with any password masked (what is written to files and logs)."""
         uris = (self.tracking_uri, self.artifact_location)
         tracking, artifacts = (None if u is None else redact_uri(u) for u in uris)
-        return MlflowSpec(tracking, self.experiment, artifacts)
+        return MlflowSpec(tracking, self.experiment, artifacts, self.flush_timeout_s)
 
     def __repr__(self) -> str:  # tracebacks and logs print specs
         shown = dataclasses.asdict(self.redacted())
@@ -207,7 +209,7 @@ class SearchSpec:
         artifacts = self.mlflow.artifact_location
         if artifacts is None and not tracking.startswith(("http://", "https://", "databricks")):
             artifacts = (home / "mlflow" / "artifacts" / self.experiment_name).as_uri()
-        mlflow = MlflowSpec(tracking, self.experiment_name, artifacts)
+        mlflow = MlflowSpec(tracking, self.experiment_name, artifacts, self.mlflow.flush_timeout_s)
         return dataclasses.replace(self, storage=storage, home=str(home), mlflow=mlflow)
 
     def to_dict(self) -> dict[str, Any]:
@@ -461,14 +463,20 @@ def _read_resources(r: _Reader, data: Mapping[str, Any]) -> ResourcesSpec:
 
 
 def _read_mlflow(r: _Reader, data: Mapping[str, Any]) -> MlflowSpec:
-    mlflow_raw = r.section(data, "mlflow", {"tracking_uri", "experiment", "artifact_location"})
+    mlflow_raw = r.section(
+        data, "mlflow", {"tracking_uri", "experiment", "artifact_location", "flush_timeout_s"}
+    )
     tracking_uri = r.location(mlflow_raw, "tracking_uri", tracking_problem, key="mlflow.tracking_uri")
+    flush_timeout = r.number(mlflow_raw, "flush_timeout_s", key="mlflow.flush_timeout_s", default=300.0)
+    if flush_timeout < 0:
+        r.fail("mlflow.flush_timeout_s", f"must be >= 0 seconds, got {flush_timeout!r}")
     return MlflowSpec(
         tracking_uri=None if tracking_uri is None else restore_credentials(tracking_uri),
         experiment=r.string(mlflow_raw, "experiment", key="mlflow.experiment", default=None),
         artifact_location=r.string(
             mlflow_raw, "artifact_location", key="mlflow.artifact_location", default=None
         ),
+        flush_timeout_s=flush_timeout,
     )
 
 

@@ -4,8 +4,9 @@ Two executors, chosen by the spec's ``resources.executor``:
 
 * ``train`` (default): the Tune function is a Ray Train *driver* (the Train V2 pattern). It runs a
   ``TorchTrainer`` with the trial's ``ScalingConfig``; the Train run is named ``train-<trial id>``
-  under the search's storage, so a restarted trial resumes from Train's own checkpoint, and
-  ``TuneReportCallback`` forwards every epoch (with ``checkpoint_path``) to Tune. The trial takes
+  under the search's storage, so a restarted trial resumes from Train's own checkpoint (after
+  reporting every epoch up to it again, see ``_replay_history``), and ``TuneReportCallback``
+  forwards every epoch (with ``checkpoint_path``) to Tune. The trial takes
   no CPU itself, only one unit of the custom ``trial_driver`` resource, so drivers never block
   workers. Nothing after ``trainer.fit()`` is guaranteed to run (Tune kills the trial at ASHA stops
   and at max_t), so all logging and export happen in the driver process (``tracking.py``).
@@ -30,7 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import tempfile
+import posixpath
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,9 +39,10 @@ from typing import Any
 
 from edgeseg import paths
 from edgeseg.config import ConfigError
-from edgeseg.engine.checkpoint import load_checkpoint
+from edgeseg.engine.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from edgeseg.engine.fit import fit
 from edgeseg.engine.loop import NonFiniteLossError
+from edgeseg.search.scratch import attempt_folder
 from edgeseg.search.spec import SearchSpec, is_finite_number, trial_config, trial_overrides
 from edgeseg.search.storage import StorageFolder
 
@@ -95,10 +97,11 @@ def _clean(metrics: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
-def _stored_metrics(checkpoint_dir: Path) -> dict[str, float]:
-
+def _stored_history(checkpoint_dir: Path) -> list[dict[str, float]]:
+    """Each epoch's metrics up to a checkpoint's own epoch, oldest first, as ``fit`` stored them."""
     state = load_checkpoint(checkpoint_dir)
-    return _clean(state.get("metrics") or {"epoch": state["epoch"]})
+    history = state.get("history") or [state.get("metrics") or {"epoch": state["epoch"]}]
+    return [_clean(metrics) for metrics in history if int(metrics["epoch"]) <= int(state["epoch"])]
 
 
 def _fit(
@@ -211,9 +214,8 @@ def function_trial(config: dict[str, Any], spec: SearchSpec) -> None:
     _enter_home(spec)
     trial_id = tune.get_context().get_trial_id()
     store = CheckpointStore(trial_runs_path(spec), trial_id, spec.keep_checkpoints, spec.metric, spec.mode)
-    run_dir = Path(tempfile.mkdtemp(prefix=f"edgeseg-{trial_id}-"))
     latest = store.latest()
-    with _deterministic_failures_not_retried(spec):
+    with attempt_folder(trial_id) as run_dir, _deterministic_failures_not_retried(spec):
         if latest is None:
             _fit(spec, config, TuneReporter(store), None, run_dir)
             return
@@ -231,6 +233,15 @@ def function_trial(config: dict[str, Any], spec: SearchSpec) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
+def train_checkpoint_name(epoch: int) -> str:
+    """An epoch's checkpoint folder in its Train run (``train-<trial id>/checkpoint_epoch_NNNN``).
+
+    Named by the epoch (Ray Train's default is a timestamp), so the epoch history that ``fit`` stores
+    in every checkpoint also names the checkpoint of each earlier epoch.
+    """
+    return f"checkpoint_epoch_{epoch:04d}"
+
+
 class TrainReporter:
     """engine reporter -> ``ray.train.report``; rank 0 attaches the checkpoint."""
 
@@ -240,8 +251,45 @@ class TrainReporter:
     def report(self, metrics: dict[str, float], checkpoint_dir: Path) -> None:
         import ray.train
 
+        clean = _clean(metrics)
         checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if self.rank == 0 else None
-        ray.train.report(_clean(metrics), checkpoint=checkpoint, delete_local_checkpoint_after_upload=False)
+        ray.train.report(
+            clean,
+            checkpoint=checkpoint,
+            checkpoint_dir_name=train_checkpoint_name(int(clean["epoch"])),
+            # uploaded synchronously first; fit never reads an epoch's folder after reporting it
+            delete_local_checkpoint_after_upload=True,
+        )
+
+
+def _kept_checkpoint_path(restored: Any, epoch: int, restored_epoch: int) -> str | None:
+    """The storage path of ``epoch``'s checkpoint in the restored checkpoint's Train run, in the form
+    ``TuneReportCallback`` reports it; None when Train's retention has deleted it."""
+    import pyarrow.fs
+
+    if epoch == restored_epoch:
+        return str(restored.path)
+    path = posixpath.join(posixpath.dirname(str(restored.path).rstrip("/")), train_checkpoint_name(epoch))
+    found = restored.filesystem.get_file_info(posixpath.join(path, CHECKPOINT_FILE))
+    return path if found.type == pyarrow.fs.FileType.File else None
+
+
+def _replay_history(restored: Any, directory: Path) -> None:
+    """Report every epoch up to the restored checkpoint again, each with its checkpoint's path.
+
+    Train may have registered epochs that Tune, and so MLflow, never saw: their reports were on
+    their way to Tune when the Tune driver died. The tracker skips what it has logged (per metric
+    key, so nothing is logged twice) and logs the rest; with the path, a replayed epoch can still
+    become the trial's best checkpoint. Every rank replays (a report is a collective call in Train),
+    and each replayed report waits for one poll of Train's controller (2 s by default).
+    """
+    import ray.train
+
+    history = _stored_history(directory)
+    restored_epoch = int(history[-1]["epoch"])
+    for metrics in history:
+        path = _kept_checkpoint_path(restored, int(metrics["epoch"]), restored_epoch)
+        ray.train.report({**metrics, "checkpoint_path": path} if path else metrics)
 
 
 def train_worker_loop(loop_config: dict[str, Any]) -> None:
@@ -255,19 +303,17 @@ def train_worker_loop(loop_config: dict[str, Any]) -> None:
     _enter_home(spec)
     rank = ray.train.get_context().get_world_rank()
     reporter = TrainReporter(rank)
-    run_dir = Path(tempfile.mkdtemp(prefix=f"edgeseg-train-r{rank}-"))
-    # the GPU Ray gave this worker (cuda:<local index>); CPU workers follow train.device
-    device = ray.train.torch.get_device() if spec.resources.gpus_per_worker > 0 else None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        _fit(spec, trial, reporter, None, run_dir, device)
-        return
-    with checkpoint.as_directory() as directory:
-        # Train may have persisted this epoch while the Tune driver was dying, before Tune (and so
-        # MLflow) saw it; report it again so the epoch history has no gap. The tracker skips it if
-        # it was logged already.
-        ray.train.report(_stored_metrics(Path(directory)))
-        _fit(spec, trial, reporter, Path(directory), run_dir, device)
+    trial_id = ray.train.get_context().get_experiment_name().removeprefix("train-")  # the Train run's name
+    with attempt_folder(trial_id, f"r{rank}") as run_dir:
+        # the GPU Ray gave this worker (cuda:<local index>); CPU workers follow train.device
+        device = ray.train.torch.get_device() if spec.resources.gpus_per_worker > 0 else None
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            _fit(spec, trial, reporter, None, run_dir, device)
+            return
+        with checkpoint.as_directory() as directory:
+            _replay_history(checkpoint, Path(directory))
+            _fit(spec, trial, reporter, Path(directory), run_dir, device)
 
 
 def train_driver_trial(config: dict[str, Any], spec: SearchSpec) -> None:

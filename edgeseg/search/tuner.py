@@ -29,7 +29,7 @@ from edgeseg import paths
 from edgeseg.engine.prepare import prepare
 from edgeseg.search import control
 from edgeseg.search.adaptive import Planner
-from edgeseg.search.mlflow_runs import client_for, ensure_experiment, search_runs
+from edgeseg.search.mlflow_runs import client_for, ensure_experiment, require_store_driver, search_runs
 from edgeseg.search.names import ROLE_SEARCH, ROLE_TRIAL
 from edgeseg.search.progress import ProgressTable
 from edgeseg.search.space import expected_trials, param_space, search_algorithm
@@ -118,6 +118,9 @@ def _init_ray(spec: SearchSpec, address: str | None, num_cpus: int | None) -> No
             f"{TRIAL_DRIVER_RESOURCE!r} (one unit per concurrent trial driver); start the cluster's nodes with "
             f"--resources='{{\"{TRIAL_DRIVER_RESOURCE}\": {needed}}}', or use executor: function"
         )
+    from edgeseg.search.shared_storage import check_shared_storage
+
+    check_shared_storage(str(spec.storage))  # more than one node: a local storage folder must be shared
 
 
 def _callbacks(spec: SearchSpec, search_id: str, progress: bool, extra: list[Any] | None = None) -> list[Any]:
@@ -131,9 +134,9 @@ def _callbacks(spec: SearchSpec, search_id: str, progress: bool, extra: list[Any
 
 def build_tuner(
     spec: SearchSpec, search_id: str, progress: bool = True, callbacks: list[Any] | None = None,
-    planner: Planner | None = None,
+    planner: Planner | None = None, trainable: Any = None,
 ) -> Any:  # fmt: skip
-    """The ``tune.Tuner`` of a resolved spec (not started)."""
+    """The ``tune.Tuner`` of a resolved spec (not started); ``trainable``: see :func:`run_search`."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -149,7 +152,7 @@ def build_tuner(
     adaptive = bool(spec.design.max_repeats)
     stop_dir = control_folder(str(spec.storage), spec.name).child("stop").uri
     return tune.Tuner(
-        make_trainable(spec),
+        make_trainable(spec) if trainable is None else trainable,
         param_space=param_space(spec),
         tune_config=tune.TuneConfig(
             metric=spec.metric,
@@ -158,10 +161,8 @@ def build_tuner(
             scheduler=scheduler,
             # adaptive seeds end the search themselves (Searcher.FINISHED); this is only their upper bound
             num_samples=searcher.max_trials if adaptive else spec.num_samples,
-            # The variant generator takes the limit itself (see space.search_algorithm).
-            max_concurrent_trials=spec.max_concurrent_trials
-            if spec.searcher.kind == "optuna" or adaptive
-            else None,
+            # The grid/random and Optuna generators take the limit themselves (see space.search_algorithm).
+            max_concurrent_trials=spec.max_concurrent_trials if adaptive else None,
             trial_name_creator=_trial_name,
             trial_dirname_creator=_trial_name,
         ),
@@ -187,16 +188,21 @@ def run_search(
     callbacks: list[Any] | None = None,
     log: Callable[[str], Any] = DEFAULT_LOG,
     planner: Planner | None = None,
+    trainable: Any = None,
 ) -> SearchOutcome:
     """Run a search from its spec (a path or a loaded spec) to the end, or until it is stopped.
 
     ``callbacks``: extra ``tune.Callback`` objects (picklable; they are restored with the search).
     ``planner``: what adaptive seeds (``design.max_repeats``) decide with; the CLI passes
     ``edgeseg.report.adaptive.plan_next_round``.
+    ``trainable``: the Tune trainable, with its resources, in place of ``make_trainable(spec)``
+    (the default). Only for benchmarks of the driver (``benchmarks/bench_goals.py`` runs trials that
+    report every epoch at once); ``resume_search`` always resumes with ``make_trainable(spec)``.
     """
     if not isinstance(spec, SearchSpec):
         spec = load_spec(spec)
     spec = spec.resolved()
+    require_store_driver(str(spec.mlflow.tracking_uri))  # before anything is written or started
     # The lease first: a live driver must not see its folder deleted by --fresh.
     with SigtermAsInterrupt() as sigterm, control.DriverLease.for_spec(spec) as lease:
         experiment = StorageFolder(experiment_uri(str(spec.storage), spec.name))
@@ -224,7 +230,7 @@ def run_search(
             client = client_for(str(spec.mlflow.tracking_uri))
             experiment_id = ensure_experiment(client, spec.experiment_name, spec.mlflow.artifact_location)
             control.write_record(spec, search_id, experiment_id, created=record.created)
-            tuner = build_tuner(spec, search_id, progress, callbacks, planner)
+            tuner = build_tuner(spec, search_id, progress, callbacks, planner, trainable)
             return _fit(tuner, spec, search_id, started, log, lease)
 
 
@@ -244,6 +250,7 @@ def resume_search(
 
     record = control.read_record(name, storage)
     spec = record.spec
+    require_store_driver(str(spec.mlflow.tracking_uri))
     path = experiment_uri(str(spec.storage), name)
     with SigtermAsInterrupt() as sigterm, control.DriverLease.for_spec(spec) as lease:
         if not tune.Tuner.can_restore(path):

@@ -38,7 +38,7 @@ from types import TracebackType
 from typing import IO
 
 from edgeseg import paths
-from edgeseg.search.mlflow_runs import client_for
+from edgeseg.search.mlflow_runs import client_for, store_driver_problem
 from edgeseg.search.names import EXPERIMENT_KIND_TAG, EXPERIMENT_TAGS
 from edgeseg.secrets import redact_uri, scrub, secret_values
 
@@ -193,6 +193,9 @@ def _check_store_uri(tracking_uri: str) -> None:
             f"tracking URI {shown!r} is not a store the MLflow server can serve; "
             f"expected one of {', '.join(s + '://' for s in _SERVER_STORE_SCHEMES)}"
         )
+    # The server is this Python's MLflow: without the store's driver it dies with a page of traceback.
+    if problem := store_driver_problem(tracking_uri):
+        raise UiError(problem)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -207,6 +210,9 @@ def _check_port_free(host: str, port: int) -> None:
     # Without this, /health could be answered by another server already on the port.
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # as uvicorn binds: a port whose last server just stopped (connections in TIME_WAIT) is
+        # free, one that another socket listens on is not
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:

@@ -60,3 +60,51 @@ def outcome_of(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
     assert proc.returncode == 0, out[-4000:]
     line = [x for x in out.splitlines() if x.startswith("OUTCOME ")][-1]
     return dict(json.loads(line[len("OUTCOME ") :]))
+
+
+def epochs_stored(storage: str, name: str) -> int:
+    """Trial checkpoints written so far (``<storage>/<name>/trial_runs/<trial>/epoch_NNNN``), on any storage."""
+    import pyarrow.fs as pafs
+
+    from edgeseg.search.storage import StorageFolder
+
+    folder = StorageFolder(f"{storage}/{name}/trial_runs")
+    if not folder.exists():
+        return 0
+    infos = folder.fs.get_file_info(pafs.FileSelector(folder.path, recursive=True))
+    return sum(1 for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("epoch_"))
+
+
+def audit_finished_search(
+    client: Any,
+    storage: str,
+    name: str,
+    epochs: int,
+    keys: tuple[str, ...] = ("val/miou", "train/loss", "lr"),
+) -> list[Any]:
+    """What a finished search (resumed or not) must hold; its trial runs.
+
+    Every Tune trial TERMINATED; one FINISHED parent run; exactly one FINISHED child run per trial (no
+    duplicates); every epoch 1..``epochs`` logged once per run for each of ``keys``; the ONNX exported."""
+    from edgeseg.search.control import read_record, tune_trials
+
+    record = read_record(name, storage)
+    trials = tune_trials(f"{storage}/{name}")
+    assert trials and {state for state, _ in trials.values()} == {"TERMINATED"}, trials
+    experiment = client.get_experiment_by_name(record.spec.experiment_name)
+    runs = client.search_runs(
+        [experiment.experiment_id], f"tags.search_id = '{record.search_id}' and tags.role = 'trial'"
+    )
+    parents = client.search_runs(
+        [experiment.experiment_id], f"tags.search_id = '{record.search_id}' and tags.role = 'search'"
+    )
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED", [p.info for p in parents]
+    assert sorted(r.data.tags["ray_trial_id"] for r in runs) == sorted(trials)  # no duplicate runs
+    for run in runs:
+        assert run.info.status == "FINISHED", run.info
+        assert run.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id
+        for key in keys:
+            logged = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
+            assert logged == list(range(1, epochs + 1)), (run.data.tags["ray_trial_id"], key, logged)
+        assert run.data.tags["onnx"] == "exported", run.data.tags
+    return list(runs)

@@ -94,9 +94,10 @@ def test_tracker_best_checkpoint_ignores_nan_infinite_and_missing(tmp_path, mode
     tracker.setup()
     trial = _trial("t1")
     tracker.on_trial_start(0, [trial], trial)
-    run_id = tracker.ensure_run(trial).run_id
+    run_id = tracker.run_id(trial.trial_id)
 
     def tags() -> dict[str, str]:
+        tracker.outbox.flush(30)  # the tracker's writes are delivered in the background
         return dict(tracker.client.get_run(run_id).data.tags)
 
     for epoch, value in enumerate(values, start=1):
@@ -122,14 +123,18 @@ def test_tracker_reattached_to_a_run_with_a_nan_best_takes_the_next_finite_value
     first = MlflowTracker(spec, "search-1")
     first.setup()
     trial = _trial("t1")
-    run_id = first.ensure_run(trial).run_id
+    first.ensure_run(trial)
+    run_id = first.run_id(trial.trial_id)
+    first.close_outbox()
     first.client.set_tag(run_id, "best_value", "nan")
     first.client.set_tag(run_id, "best_epoch", "1")
 
     second = MlflowTracker(spec, "search-1")  # a restarted driver
     second.setup()
-    assert second.ensure_run(trial).run_id == run_id
+    second.ensure_run(trial)
+    assert second.run_id(trial.trial_id) == run_id
     second.on_trial_result(0, [trial], trial, _result("val/miou", 2, 0.1, checkpoint_path="/c/epoch_2"))
+    second.outbox.flush(30)
     tags = second.client.get_run(run_id).data.tags
     assert (tags["best_value"], tags["best_epoch"], tags["best_checkpoint"]) == ("0.1", "2", "/c/epoch_2")
 
