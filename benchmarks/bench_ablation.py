@@ -27,18 +27,16 @@ Arms already in ``--out`` are kept (the ground truth runs once); ``--rerun`` run
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
+from _measure import CpuMeter, environment
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "searches" / "ablation-video.yaml"
@@ -70,67 +68,6 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-class CpuMeter:
-    """CPU seconds (user + system) of a process and all its descendants, read from ``/proc`` every
-    ``period`` seconds. A process counts with the last value seen, so at most one period of each
-    process's life is missed (a process that lives less than a period may be missed entirely)."""
-
-    def __init__(self, pid: int, period: float = 0.5) -> None:
-        self.root = pid
-        self.period = period
-        self.tick = os.sysconf("SC_CLK_TCK")
-        self.seen: dict[tuple[int, int], float] = {}  # (pid, start time) -> cpu seconds
-        self.names: dict[tuple[int, int], str] = {}  # (pid, start time) -> process name
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    @staticmethod
-    def _stat(pid: str) -> tuple[int, int, int, int, str] | None:
-        """(ppid, utime, stime, starttime, comm) of a process, from /proc/PID/stat."""
-        try:
-            text = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            return None
-        comm = text[text.index("(") + 1 : text.rindex(")")]
-        fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) "
-        return int(fields[1]), int(fields[11]), int(fields[12]), int(fields[19]), comm
-
-    def _sample(self) -> None:
-        stats = {int(p): s for p in os.listdir("/proc") if p.isdigit() and (s := self._stat(p)) is not None}
-        children: dict[int, list[int]] = {}
-        for pid, (ppid, *_rest) in stats.items():
-            children.setdefault(ppid, []).append(pid)
-        todo = [self.root]
-        while todo:
-            pid = todo.pop()
-            if pid in stats:
-                _ppid, utime, stime, started, comm = stats[pid]
-                self.seen[(pid, started)] = (utime + stime) / self.tick
-                self.names[(pid, started)] = "driver" if pid == self.root else comm
-            todo.extend(children.get(pid, []))
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.period):
-            self._sample()
-
-    def start(self) -> CpuMeter:
-        self._sample()
-        self._thread.start()
-        return self
-
-    def stop(self) -> float:
-        self._stop.set()
-        self._thread.join()
-        return sum(self.seen.values())
-
-    def by_name(self) -> dict[str, float]:
-        """Core-seconds per process name (the driver, Ray's trial workers ``ray::ImplicitFunc``, ...)."""
-        out: dict[str, float] = {}
-        for key, seconds in self.seen.items():
-            out[self.names[key]] = round(out.get(self.names[key], 0.0) + seconds, 1)
-        return dict(sorted(out.items(), key=lambda item: -item[1]))
-
-
 def arm_home(base: Path, arm: str) -> Path:
     """A fresh EDGESEG_HOME for one arm, with the video (input data, not a cost) linked in."""
     import shutil
@@ -153,20 +90,6 @@ def write_spec(home: Path, arm: str, epochs: int, changes: dict[str, Any]) -> Pa
     path = home / f"{arm}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
-
-
-@contextlib.contextmanager
-def environment(**values: str) -> Iterator[None]:
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in old.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def run_service_arm(arm: str, epochs: int, base: Path) -> dict[str, Any]:

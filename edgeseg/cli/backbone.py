@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from edgeseg.backbone.prepare import describe_backbone, load_backbone, prepare_default_backbone
-
 
 def _print_description(description: dict) -> None:
     print(f"onnx: {description['onnx']}")
@@ -24,11 +22,15 @@ def _print_description(description: dict) -> None:
 
 
 def _prepare(args: argparse.Namespace) -> int:
+    from edgeseg.backbone.prepare import describe_backbone, prepare_default_backbone  # torch: only when run
+
     _print_description(describe_backbone(prepare_default_backbone(args.input_size)))
     return 0
 
 
 def _info(args: argparse.Namespace) -> int:
+    from edgeseg.backbone.prepare import describe_backbone, load_backbone
+
     spec = load_backbone(args.onnx, args.layer_map, args.input_size)
     _print_description(describe_backbone(spec))
     return 0

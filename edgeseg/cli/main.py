@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
-        "report", help="which feature is worth its cost: effects with 95 % intervals, verdicts, Pareto, HTML"
+        "report", help="which feature is worth its cost: effects with 95 %% intervals, verdicts, Pareto, HTML"
     )
     p.add_argument("name", help="the search name")
     p.add_argument("--storage", default=None)

@@ -7,7 +7,11 @@ reporter prints a line. ``train`` is the library call behind ``edgeseg train``.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
+import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -121,11 +125,44 @@ def fit(
     return FitResult(Path(run_dir), best_dir, last_dir, training.best, training.history)
 
 
+@functools.lru_cache(maxsize=1)
+def _model_code_digest() -> str:
+    """The heads' and the counter's source: a changed model invalidates the FLOPs counted before."""
+    root = Path(edgeseg.__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted([*root.glob("models/*.py"), root / "complexity.py"]):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def cached_flops_report(head: Any, model: Any, layer_infos: Any, input_size: int) -> dict[str, float]:
+    """The head's counted FLOPs (``flops_report``), kept in ``$EDGESEG_HOME/complexity`` by architecture.
+
+    Counting runs ``FlopCounterMode``, whose first use in a process imports ``torch._dynamo`` (about
+    1 s of every trial's start); a search's trials share a few architectures, so most read the file.
+    """
+    layers = {k: [getattr(v, a, None) for a in ("channels", "stride", "height", "width")]
+              for k, v in sorted(layer_infos.items())}  # fmt: skip
+    identity = json.dumps([dataclasses.asdict(model), layers, input_size, _model_code_digest()],
+                          sort_keys=True, default=str)  # fmt: skip
+    path = paths.home() / "complexity" / f"{hashlib.sha256(identity.encode()).hexdigest()[:20]}.json"
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        pass
+    flops = flops_report(head, layer_infos, input_size)  # counted on the CPU
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # trials of one architecture may race: atomic replace
+    tmp.write_text(json.dumps(flops))
+    os.replace(tmp, path)
+    return flops
+
+
 def _start(config: ExperimentConfig, prepared: Prepared, device: torch.device, world: World) -> _Training:
     """A fresh head, AdamW, warm-up + cosine schedule and grad scaler for this configuration."""
     t = config.train
     head = build_head(prepared.model, prepared.layer_infos)
-    flops = flops_report(head, prepared.layer_infos, config.data.input_size)  # counted on the CPU
+    flops = cached_flops_report(head, prepared.model, prepared.layer_infos, config.data.input_size)
     static = {"params_count": float(count_parameters(head)), "gflops": flops["gflops_per_roi"],
               "gflops_per_image": flops["gflops_per_image"]}  # fmt: skip
     head.to(device)
@@ -168,6 +205,9 @@ def _run_epoch(
     """Train one epoch, evaluate when due; the epoch's metrics, appended to the history."""
     t = config.train
     began = time.perf_counter()
+    # CPU of this process over all its threads (torch's intra-op pool included; DataLoader worker
+    # processes are not): with epoch_seconds it says how busy the epoch kept the cores it had.
+    cpu_began = time.process_time()
     spec = training.loss
     loader = make_loader(prepared.train, t.batch_size, shuffle=True, seed=t.seed, epoch=epoch,
                          workers=t.num_workers, world=world)  # fmt: skip
@@ -197,6 +237,7 @@ def _run_epoch(
         )
     metrics["lr"] = training.optimizer.param_groups[0]["lr"]
     metrics.update(training.static_metrics)
+    metrics["epoch_cpu_seconds"] = time.process_time() - cpu_began
     metrics["epoch_seconds"] = time.perf_counter() - began
     training.history.append(metrics)
     return metrics

@@ -36,7 +36,7 @@ TRIAL_STATES = ("running", "finished", "pruned", "errored", "interrupted")
 
 # Metrics of a trial run.
 EPOCH_PREFIXES = ("train/", "val/")  # logged every epoch with step = epoch
-EPOCH_KEYS = ("lr", "epoch_seconds")
+EPOCH_KEYS = ("lr", "epoch_seconds", "epoch_cpu_seconds")
 METRIC_PARAMS_COUNT = "params_count"
 METRIC_GFLOPS = "gflops"  # per ROI
 METRIC_LATENCY_MS = "latency_ms"  # ONNX Runtime, per ROI, at the largest ROI count measured
