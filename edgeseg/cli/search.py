@@ -46,7 +46,13 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from edgeseg.search.tuner import resume_search
 
     return _outcome_code(
-        resume_search(args.name, storage=args.storage, address=args.address, num_cpus=args.num_cpus)
+        resume_search(
+            args.name,
+            storage=args.storage,
+            address=args.address,
+            num_cpus=args.num_cpus,
+            retry_failed=args.retry_failed,
+        )  # fmt: skip
     )
 
 
@@ -151,6 +157,12 @@ def register(subparsers: Any) -> None:
         if name == "resume":
             p.add_argument("--address", default=None)
             p.add_argument("--num-cpus", type=int, default=None)
+            p.add_argument(
+                "--retry-failed",
+                action="store_true",
+                help="train the trials that failed deterministically (non-finite loss, invalid config) "
+                "again, e.g. after a fix; by default resume ends them at once",
+            )
         if name == "stop":
             p.add_argument("--trial", default=None, help="a trial id from `edgeseg search status`")
         p.set_defaults(func=func)

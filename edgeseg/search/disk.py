@@ -217,9 +217,8 @@ def _prune_and_tag(
 ) -> PruneResult | None:
     try:
         result = prune_ended_trial(spec, trial_id, best, keep_latest)
-    except (
-        Exception
-    ) as exc:  # storage trouble or an unexpected layout: recorded on the run; the search goes on
+    # storage trouble or an unexpected layout: recorded on the run; the search goes on
+    except Exception as exc:
         log.warning("pruning the checkpoints of trial %s failed: %s", trial_id, exc)
         tag(trial_id, {TAG_CHECKPOINTS_PRUNED: f"failed: {type(exc).__name__}: {exc}"[:4900]})
         return None

@@ -56,6 +56,8 @@ PERMANENT_ERRORS = frozenset(
         "ENDPOINT_NOT_FOUND",
     }
 )
+# one merged batch stays inside MLflow's log_batch limits (1000 metrics, 100 params, 100 tags)
+MERGE_MAX_METRICS, MERGE_MAX_PARAMS, MERGE_MAX_TAGS = 900, 90, 90
 COMPACT_BYTES = 1 << 20  # an idle journal larger than this is truncated (everything in it is delivered)
 
 
@@ -123,7 +125,8 @@ class TrackingOutbox:
         self._delivered = int(self._read_json("delivered", 0))
         self._seq = self._delivered
         self.outage_since: float | None = None
-        self.delivered_count = 0
+        self.delivered_count = 0  # writes delivered (or dropped)
+        self.requests = 0  # deliveries: merged batches count once
         for op in self._journal_ops():
             self._seq = max(self._seq, op["seq"])
             if op["seq"] > self._delivered:
@@ -201,7 +204,7 @@ class TrackingOutbox:
                     self._cond.wait()
                 if self._closing and (not self._queue or self.outage_since is not None):
                     return
-                op = self._queue[0]
+                op, count = self._next()
             try:
                 self._deliver(op)
             except Exception as exc:
@@ -215,7 +218,33 @@ class TrackingOutbox:
                     return  # closing during an outage: the journal keeps it for the next driver
                 self._drop(op, exc)
             backoff = 0.5
-            self._done(op)
+            self._done(op, count)
+
+    def _next(self) -> tuple[dict[str, Any], int]:
+        """The write at the head of the queue, with the batches of the same run right behind it merged
+        in (one request instead of one per epoch when writes pile up: a busy search, an outage), within
+        MLflow's limits per request. Called with the lock held; returns the write and how many it is."""
+        op = self._queue[0]
+        if op["op"] != "batch":
+            return op, 1
+        merged: dict[str, Any] = {**op, "metrics": list(op.get("metrics", [])), "tags": dict(op.get("tags", {})),
+                                  "params": dict(op.get("params", {}))}  # fmt: skip
+        count = 1
+        for nxt in list(self._queue)[1:]:
+            fits = (
+                len(merged["metrics"]) + len(nxt.get("metrics", [])) <= MERGE_MAX_METRICS
+                and len(merged["tags"]) + len(nxt.get("tags", {})) <= MERGE_MAX_TAGS
+                and len(merged["params"]) + len(nxt.get("params", {})) <= MERGE_MAX_PARAMS
+            )
+            if nxt["op"] != "batch" or nxt["key"] != op["key"] or not fits:
+                break
+            merged["metrics"] += nxt.get("metrics", [])
+            merged["tags"].update(nxt.get("tags", {}))  # a later value of a tag wins, as it would have
+            merged["params"].update(nxt.get("params", {}))
+            merged["best"] = nxt.get("best") or merged.get("best")
+            merged["seq"] = nxt["seq"]
+            count += 1
+        return merged, count
 
     def _outage(self, exc: BaseException) -> None:
         if self.outage_since is None:
@@ -225,7 +254,7 @@ class TrackingOutbox:
                 str(exc).splitlines()[0][:200], self.pending, self.folder,
             )  # fmt: skip
 
-    def _done(self, op: Mapping[str, Any]) -> None:
+    def _done(self, op: Mapping[str, Any], count: int = 1) -> None:
         if self.outage_since is not None:
             log.warning(
                 "MLflow answers again after %.0f s; delivering the kept writes",
@@ -233,9 +262,11 @@ class TrackingOutbox:
             )
             self.outage_since = None
         with self._cond:
-            self._queue.popleft()
+            for _ in range(count):
+                self._queue.popleft()
             self._delivered = int(op["seq"])
-            self.delivered_count += 1
+            self.delivered_count += count
+            self.requests += 1
             self._write_json("delivered", self._delivered)
             if not self._queue:
                 self._compact(only_if_larger_than=COMPACT_BYTES)
@@ -304,11 +335,11 @@ class TrackingOutbox:
         params = [Param(k, v) for k, v in op.get("params", {}).items()]
         all_tags = [RunTag(k, str(v)) for k, v in tags.items()]
         points = [Metric(k, float(v), int(ts), int(step)) for k, v, ts, step in metrics]
-        for batch in batches(points, 900):
-            self.client.log_batch(run_id, metrics=batch, params=params, tags=all_tags)
-            params, all_tags = [], []
-        if params or all_tags:
-            self.client.log_batch(run_id, params=params, tags=all_tags)
+        # within MLflow's limits per request; the first one carries the tags (``last_epoch``) with the
+        # epoch's metrics, so a re-attaching driver never sees one without the other
+        while points or params or all_tags:
+            self.client.log_batch(run_id, metrics=points[:900], params=params[:100], tags=all_tags[:100])
+            points, params, all_tags = points[900:], params[100:], all_tags[100:]
 
     def _deliver_artifacts(self, op: Mapping[str, Any]) -> None:
         folder = Path(op["dir"])

@@ -124,6 +124,7 @@ class MlflowTracker(tune.Callback):
         self._runs: dict[str, _RunState] = {}
         self._exporter: ExportWorker | None = None
         self._outbox: TrackingOutbox | None = None
+        self._earlier_runs: dict[str | None, Any] | None = None  # trial id -> run, read at setup
         self._swept = False
         self._exported: set[str] = set()
         self._ended: set[str] = set()  # trials whose end this driver has handled
@@ -158,6 +159,11 @@ class MlflowTracker(tune.Callback):
         self._parent_id = self._ensure_parent()
         self._outbox = TrackingOutbox(self._client, outbox_folder(spec, self.search_id))
         self._outbox.bind(PARENT, self._parent_id)
+        # One query for the whole search instead of one per trial: the runs earlier drivers made.
+        match = {"search_id": self.search_id, "role": ROLE_TRIAL}
+        self._earlier_runs = {
+            r.data.tags.get("ray_trial_id"): r for r in search_runs(self._client, self._experiment_id, match)
+        }  # fmt: skip
         if self._outbox.replayed:
             log.warning("delivering %d MLflow writes an earlier driver left in %s", self._outbox.replayed,
                         self._outbox.folder)  # fmt: skip
@@ -283,7 +289,10 @@ class MlflowTracker(tune.Callback):
     def _reattach(self, trial: Any, key: str, tags: Mapping[str, str], state: _RunState) -> bool:
         """Fill ``state`` from the trial's run on the server, if there is one (True)."""
         client = self.client
-        found = search_runs(client, self._experiment_id, tags)
+        if self._earlier_runs is not None:  # read at setup; later runs are this driver's own
+            found = [self._earlier_runs[trial.trial_id]] if trial.trial_id in self._earlier_runs else []
+        else:
+            found = search_runs(client, self._experiment_id, tags)
         if not found:
             return False
         run = found[0]

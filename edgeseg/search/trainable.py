@@ -44,7 +44,7 @@ from edgeseg.engine.fit import fit
 from edgeseg.engine.loop import NonFiniteLossError
 from edgeseg.search.scratch import attempt_folder
 from edgeseg.search.spec import SearchSpec, is_finite_number, trial_config, trial_overrides
-from edgeseg.search.storage import StorageFolder
+from edgeseg.search.storage import StorageFolder, control_folder
 
 TRIAL_DRIVER_RESOURCE = "trial_driver"
 log = logging.getLogger("edgeseg.search.trial")
@@ -64,18 +64,35 @@ def deterministic_failure(result: Mapping[str, Any] | None) -> str:
     return str((result or {}).get(FAILED_DETERMINISTICALLY) or "")
 
 
+def failed_trials_folder(spec: SearchSpec) -> StorageFolder:
+    """``<storage>/<name>/edgeseg/failed/<trial id>``: the deterministic failure of each trial that had one."""
+    return control_folder(str(spec.storage), spec.name).child("failed")
+
+
+def _fail_deterministically(spec: SearchSpec, message: str, why: str) -> DeterministicTrialError:
+    from ray import tune
+
+    # Reported before raising: the driver reads it before Tune decides on a retry. The metric is
+    # there because Tune rejects a result without it; NaN never ranks (see is_finite_number).
+    tune.report({spec.metric: math.nan, FAILED_DETERMINISTICALLY: message})
+    return DeterministicTrialError(f"{message} ({why})")
+
+
 @contextmanager
-def _deterministic_failures_not_retried(spec: SearchSpec) -> Iterator[None]:
+def _deterministic_failures_not_retried(spec: SearchSpec, trial_id: str) -> Iterator[None]:
+    """A deterministic failure ends the trial for good: Tune does not retry it, and the failure is
+    recorded, so ``search resume`` (which retries errored trials) ends it at once instead of training
+    it into the same error; ``search resume --retry-failed`` forgets the records."""
+    failed = failed_trials_folder(spec)
+    if failed.exists(trial_id):
+        raise _fail_deterministically(spec, failed.read_text(trial_id), "recorded by an earlier attempt; "
+                                      "not run again: `edgeseg search resume NAME --retry-failed` does")  # fmt: skip
     try:
         yield
     except DETERMINISTIC_ERRORS as exc:
-        from ray import tune
-
         message = f"{type(exc).__name__}: {exc}"
-        # Reported before raising: the driver reads it before Tune decides on a retry. The metric
-        # is there because Tune rejects a result without it; NaN never ranks (see is_finite_number).
-        tune.report({spec.metric: math.nan, FAILED_DETERMINISTICALLY: message})
-        raise DeterministicTrialError(f"{message} (not retried: a retry would fail the same way)") from exc
+        failed.write_text(trial_id, message)
+        raise _fail_deterministically(spec, message, "not retried: a retry would fail the same way") from exc
 
 
 def train_runs_path(spec: SearchSpec) -> str:
@@ -215,7 +232,7 @@ def function_trial(config: dict[str, Any], spec: SearchSpec) -> None:
     trial_id = tune.get_context().get_trial_id()
     store = CheckpointStore(trial_runs_path(spec), trial_id, spec.keep_checkpoints, spec.metric, spec.mode)
     latest = store.latest()
-    with attempt_folder(trial_id) as run_dir, _deterministic_failures_not_retried(spec):
+    with attempt_folder(trial_id) as run_dir, _deterministic_failures_not_retried(spec, trial_id):
         if latest is None:
             _fit(spec, config, TuneReporter(store), None, run_dir)
             return
@@ -328,7 +345,7 @@ def train_driver_trial(config: dict[str, Any], spec: SearchSpec) -> None:
     per_worker = {"CPU": res.cpus_per_worker}
     if res.gpus_per_worker:
         per_worker["GPU"] = res.gpus_per_worker
-    with _deterministic_failures_not_retried(spec):
+    with _deterministic_failures_not_retried(spec, trial_id):
         # An invalid sampled configuration fails here, before a worker group is started for it.
         trial_config(spec, trial_overrides(config), int(config.get("repeat", 0)))
         report_to_tune: list[Any] = [TuneReportCallback()]

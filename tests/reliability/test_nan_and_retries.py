@@ -350,3 +350,35 @@ def test_best_run_never_picks_a_non_finite_metric(tmp_path: Path, mode: str) -> 
         client.log_metric(run.info.run_id, "val/miou", value)
     runs = client.search_runs([experiment])
     assert best_run(runs, "val/miou", mode).info.run_name == ("b" if mode == "max" else "a")
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_resume_ends_a_deterministic_failure_at_once_unless_told_to_retry_it(nan_function_search):
+    """``search resume`` retries errored trials; one that failed deterministically fails again from its
+    record, without training (runs last in this module: it resumes the module's NaN search)."""
+    from edgeseg.search.trainable import failed_trials_folder
+    from edgeseg.search.tuner import resume_search
+
+    spec, outcome, _ = nan_function_search
+    trial_id = _attempts(spec, outcome)["trial"].trial_id
+    assert "NonFiniteLossError" in failed_trials_folder(spec).read_text(trial_id)
+
+    def resume(retry_failed: bool) -> dict[str, Any]:
+        with contextlib.redirect_stdout(io.StringIO()):
+            again = resume_search(spec.name, storage=str(spec.storage), retry_failed=retry_failed)
+        assert (again.trials, again.errored, again.state) == (1, 1, "incomplete")
+        return _attempts(spec, again)
+
+    ended = resume(retry_failed=False)
+    assert ended["epochs"] == [1]  # nothing trained: no epoch re-reported, none trained
+    assert (
+        "recorded by an earlier attempt"
+        in (Path(outcome.experiment_path) / f"trial_{trial_id}" / "error.txt").read_text()
+    )
+    assert ended["history"] == [1] and ended["run"].data.tags["error_kind"] == "deterministic"
+
+    retried = resume(retry_failed=True)  # the record is forgotten: it trains epoch 2 again, into the NaN
+    assert retried["epochs"] == [1, 1]  # the restart re-reports its checkpoint's epoch, then epoch 2 fails
+    assert retried["history"] == [1]
+    assert "NonFiniteLossError" in failed_trials_folder(spec).read_text(trial_id)  # recorded again

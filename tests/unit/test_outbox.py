@@ -114,3 +114,27 @@ def test_an_undeliverable_write_is_set_aside_and_the_next_ones_still_go(tmp_path
     assert "never-created" in dropped[0]["error"]
     (run,) = client.search_runs([experiment_id])
     assert run.data.tags["state"] == "finished"
+
+
+def test_writes_that_piled_up_go_in_few_requests_within_mlflows_limits(tmp_path, store):
+    from mlflow.tracking import MlflowClient
+
+    client, experiment_id = store
+    folder = tmp_path / "outbox"
+    down = TrackingOutbox(MlflowClient(f"http://127.0.0.1:{free_port()}"), folder, backoff_max_s=0.2)
+    down.put("run", "trial:t1", **_run_op(experiment_id))
+    for epoch in range(1, 31):  # one write per epoch, as the tracker makes them
+        down.put(
+            "batch", "trial:t1", metrics=_points(range(epoch, epoch + 1)), tags={"last_epoch": str(epoch)}
+        )
+    down.put("batch", "trial:t1", params={f"p{i:03d}": str(i) for i in range(150)})  # over 100 per request
+    down.put("batch", "trial:t1", tags={"state": "finished"})
+    assert not down.close(timeout=0.5)
+
+    up = TrackingOutbox(client, folder)
+    assert up.close(timeout=30)
+    assert up.delivered_count == 33 and up.requests < 5  # 30 epochs + params + tags, merged
+    (run,) = client.search_runs([experiment_id])
+    assert [step for step, _ in _history(client, run.info.run_id)] == list(range(1, 31))
+    assert run.data.tags["last_epoch"] == "30" and run.data.tags["state"] == "finished"
+    assert len(run.data.params) == 1 + 150
