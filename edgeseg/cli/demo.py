@@ -21,8 +21,7 @@ def run_demo(spec_path: str | Path = SMOKE) -> int:
     from edgeseg.report.html import render_html
     from edgeseg.search.artifacts import fetch_best
     from edgeseg.search.control import format_status, search_status
-    from edgeseg.search.space import expected_trials
-    from edgeseg.search.spec import load_spec
+    from edgeseg.search.spec import expected_trials, load_spec
     from edgeseg.search.tuner import run_search
 
     spec = load_spec(spec_path).resolved()

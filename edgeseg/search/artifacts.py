@@ -18,8 +18,7 @@ from typing import Any
 from edgeseg.search import control
 from edgeseg.search.mlflow_runs import best_run, client_for, search_runs
 from edgeseg.search.names import ROLE_TRIAL
-from edgeseg.search.space import expected_trials
-from edgeseg.search.spec import SpecError, metric_mode
+from edgeseg.search.spec import SpecError, expected_trials, metric_mode
 from edgeseg.secrets import redact_uri
 
 

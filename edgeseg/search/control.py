@@ -34,7 +34,6 @@ import errno
 import json
 import logging
 import os
-import signal
 import socket
 import threading
 import time
@@ -42,18 +41,14 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from ray import tune
-
-from edgeseg.search.disk import DiskUse, format_disk_use, search_disk_use
+from edgeseg.search.disk import DiskUse, format_disk_use, saved_trials, search_disk_use
 from edgeseg.search.names import ROLE_SEARCH, ROLE_TRIAL
-from edgeseg.search.space import expected_trials
-from edgeseg.search.spec import SearchSpec, SpecError, spec_from_mapping
-from edgeseg.search.storage import StorageFolder, control_folder, default_storage, experiment_uri
+from edgeseg.search.spec import SearchSpec, SpecError, expected_trials, spec_from_mapping
+from edgeseg.search.storage import STOP_ALL, StorageFolder, control_folder, default_storage, experiment_uri
 from edgeseg.secrets import redact_uri, scrub, secret_values
 
 log = logging.getLogger("edgeseg.search.control")
 
-STOP_ALL = "ALL"
 HEARTBEAT_S = 5.0
 STALE_AFTER_S = 60.0
 LEASE_SETTLE_S = 1.0  # object stores: how long a written lease must survive before it counts
@@ -398,48 +393,15 @@ def driver_state(name: str, storage: str) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 
 
-class StopRequests(tune.Stopper):
-    """Stops a trial at its next report once ``stop/<trial id>`` exists (listing cached ~1 s)."""
+def __getattr__(name: str) -> Any:
+    """``StopRequests`` and ``DriverControl`` live in ``driver_hooks`` (they need Ray Tune, a second
+    of imports that ``search status`` and ``stop`` do without); Tune states saved before they moved
+    pickled them under this module's name, so they still resolve here."""
+    if name in ("StopRequests", "DriverControl"):
+        from edgeseg.search import driver_hooks
 
-    def __init__(self, folder_uri: str, refresh_s: float = 1.0) -> None:
-        self.folder_uri = folder_uri
-        self.refresh_s = refresh_s
-        self._cache: tuple[float, frozenset[str]] = (0.0, frozenset())
-
-    def requested(self) -> frozenset[str]:
-        stamp, names = self._cache
-        if time.monotonic() - stamp > self.refresh_s:
-            names = frozenset(StorageFolder(self.folder_uri).list())
-            self._cache = (time.monotonic(), names)
-        return names
-
-    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-        return trial_id in self.requested()
-
-    def stop_all(self) -> bool:
-        return False  # the whole search stops through SIGINT (resumable), see DriverControl
-
-
-class DriverControl(tune.Callback):
-    """Turns a ``stop/ALL`` request into Tune's clean SIGINT stop (the heartbeat is DriverLease's)."""
-
-    def __init__(self, spec: SearchSpec) -> None:
-        self.spec = spec
-        self._checked = 0.0
-        self.stop_requested = False
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"spec": self.spec, "_checked": 0.0, "stop_requested": False}
-
-    def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
-        now = time.monotonic()
-        if now - self._checked < 1.0:
-            return
-        self._checked = now
-        folder = control_folder(str(self.spec.storage), self.spec.name)
-        if not self.stop_requested and folder.child("stop").exists(STOP_ALL):
-            self.stop_requested = True
-            os.kill(os.getpid(), signal.SIGINT)  # Tune's handler saves state and returns from fit()
+        return getattr(driver_hooks, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def trial_states(storage: str, name: str) -> dict[str, str]:
@@ -688,18 +650,7 @@ def _tracked_runs(uri: str, record: SearchRecord) -> tuple[dict[str, Any], str]:
 
 def tune_trials(uri: str) -> dict[str, tuple[str, dict[str, Any]]]:
     """Trial id -> (Tune status, last result) from the newest saved experiment state."""
-    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
-
-    folder = StorageFolder(uri)
-    if not folder.exists():
-        return {}
-    newest = _find_newest_experiment_checkpoint(folder.path, folder.fs)
-    if newest is None:
-        return {}
-    from ray.tune.analysis.experiment_analysis import ExperimentAnalysis
-
-    analysis = ExperimentAnalysis(uri)
-    return {t.trial_id: (t.status, dict(t.last_result or {})) for t in analysis.trials}
+    return saved_trials(uri)
 
 
 def format_status(status: SearchStatus) -> str:

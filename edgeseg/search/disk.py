@@ -57,20 +57,32 @@ WAITING = "checkpoints_kept_latest.json"
 # ----------------------------------------------------------------------------------------------
 
 
-def saved_trial_statuses(storage: str, name: str) -> dict[str, str]:
-    """Trial id -> status in Tune's newest saved experiment state (what ``search resume`` starts
-    from); empty when there is none or it cannot be read."""
+def saved_trials(uri: str) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Trial id -> (status, last result) in the newest experiment state Tune saved at ``uri`` (what
+    ``search resume`` starts from): one JSON file read, not Ray's ``ExperimentAnalysis``, which
+    also reads every trial's result file. Empty when there is none; raises when it is unreadable."""
     from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
 
-    folder = StorageFolder(experiment_uri(storage, name))
+    folder = StorageFolder(uri)
+    newest = _find_newest_experiment_checkpoint(folder.path, folder.fs) if folder.exists() else None
+    if newest is None:
+        return {}
+    with folder.fs.open_input_stream(newest) as handle:
+        state = json.loads(handle.read().decode())
+    trials = {}
+    for trial_json, metadata_json in state["trial_data"]:
+        trial, metadata = json.loads(trial_json), json.loads(metadata_json)
+        trials[str(trial["trial_id"])] = (str(trial["status"]), dict(metadata.get("last_result") or {}))
+    return trials
+
+
+def saved_trial_statuses(storage: str, name: str) -> dict[str, str]:
+    """Trial id -> status in Tune's newest saved experiment state; empty when there is none or it
+    cannot be read."""
     try:
-        newest = _find_newest_experiment_checkpoint(folder.path, folder.fs) if folder.exists() else None
-        if newest is None:
-            return {}
-        with folder.fs.open_input_stream(newest) as handle:
-            state = json.loads(handle.read().decode())
-        trials = [json.loads(trial_json) for trial_json, _ in state["trial_data"]]
-        return {str(t["trial_id"]): str(t["status"]) for t in trials}
+        return {
+            trial_id: status for trial_id, (status, _) in saved_trials(experiment_uri(storage, name)).items()
+        }
     except (OSError, ValueError, KeyError, TypeError) as exc:
         log.warning("search %s: Tune's saved experiment state could not be read: %s", name, exc)
         return {}

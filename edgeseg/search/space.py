@@ -96,15 +96,3 @@ def adaptive_seeds(spec: SearchSpec, planner: Planner | None) -> AdaptiveSeeds:
     ]
     return AdaptiveSeeds(cells, flags, planner=planner, repeats=spec.repeats, max_repeats=spec.design.max_repeats,
                          metric=spec.metric, mode=spec.mode, scored_epochs=spec.design.effects_budget or spec.max_epochs)  # fmt: skip
-
-
-def expected_trials(spec: SearchSpec) -> int:
-    """How many trials the search runs in total (with adaptive seeds: its first round, the least)."""
-    if spec.searcher.kind == "grid":
-        return len(grid_variants(spec)[0]) * spec.repeats
-    grid_cells = 1
-    for axis in spec.space:
-        if axis.kind == "grid":
-            grid_cells *= len(axis.values)
-    repeats = spec.repeats if spec.searcher.kind == "random" else 1
-    return spec.num_samples * grid_cells * repeats

@@ -905,3 +905,15 @@ def _design(
     except DesignError as exc:
         raise ConfigError(f"design: {exc}") from exc
     return plan, variants, skipped
+
+
+def expected_trials(spec: SearchSpec) -> int:
+    """How many trials the search runs in total (with adaptive seeds: its first round, the least)."""
+    if spec.searcher.kind == "grid":
+        return len(grid_variants(spec)[0]) * spec.repeats
+    grid_cells = 1
+    for axis in spec.space:
+        if axis.kind == "grid":
+            grid_cells *= len(axis.values)
+    repeats = spec.repeats if spec.searcher.kind == "random" else 1
+    return spec.num_samples * grid_cells * repeats

@@ -81,6 +81,9 @@ def experiment_uri(storage: str, name: str) -> str:
     return f"{storage.rstrip('/')}/{name}"
 
 
+STOP_ALL = "ALL"  # the stop request of a whole search (a trial's is named by its id)
+
+
 def control_folder(storage: str, name: str) -> StorageFolder:
     return StorageFolder(experiment_uri(storage, name)).child("edgeseg")
 

@@ -55,9 +55,9 @@ from edgeseg.search.mlflow_runs import (
 )
 from edgeseg.search.names import EPOCH_KEYS, EPOCH_PREFIXES, ROLE_SEARCH, ROLE_TRIAL, STATIC_KEYS
 from edgeseg.search.outbox import TrackingOutbox, outbox_folder, transient
-from edgeseg.search.space import expected_trials
 from edgeseg.search.spec import (
     SearchSpec,
+    expected_trials,
     improves,
     is_finite_number,
     is_number,

@@ -29,11 +29,20 @@ from edgeseg import paths
 from edgeseg.engine.prepare import prepare
 from edgeseg.search import control
 from edgeseg.search.adaptive import Planner
+from edgeseg.search.driver_hooks import DriverControl, StopRequests
 from edgeseg.search.mlflow_runs import client_for, ensure_experiment, require_store_driver, search_runs
 from edgeseg.search.names import ROLE_SEARCH, ROLE_TRIAL
 from edgeseg.search.progress import ProgressTable
-from edgeseg.search.space import expected_trials, param_space, search_algorithm
-from edgeseg.search.spec import SearchSpec, SpecError, grid_variants, load_spec, trial_config, trial_overrides
+from edgeseg.search.space import param_space, search_algorithm
+from edgeseg.search.spec import (
+    SearchSpec,
+    SpecError,
+    expected_trials,
+    grid_variants,
+    load_spec,
+    trial_config,
+    trial_overrides,
+)
 from edgeseg.search.storage import StorageFolder, control_folder, experiment_uri
 from edgeseg.search.tracking import MlflowTracker
 from edgeseg.search.trainable import (
@@ -131,7 +140,7 @@ def _init_ray(spec: SearchSpec, address: str | None, num_cpus: int | None) -> No
 def _callbacks(spec: SearchSpec, search_id: str, progress: bool, extra: list[Any] | None = None) -> list[Any]:
 
     stop_dir = control_folder(str(spec.storage), spec.name).child("stop").uri
-    callbacks: list[Any] = [MlflowTracker(spec, search_id, stop_dir), control.DriverControl(spec)]
+    callbacks: list[Any] = [MlflowTracker(spec, search_id, stop_dir), DriverControl(spec)]
     if progress:
         callbacks.append(ProgressTable(spec.metric, spec.mode, spec.max_epochs))
     return callbacks + list(extra or [])
@@ -178,7 +187,7 @@ def build_tuner(
             name=spec.name,
             storage_path=str(spec.storage),
             callbacks=_callbacks(spec, search_id, progress, callbacks),
-            stop=control.StopRequests(stop_dir),
+            stop=StopRequests(stop_dir),
             # No Tune checkpoints: both executors keep theirs in storage with their own manifest.
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             verbose=0,  # the ProgressTable callback prints the table

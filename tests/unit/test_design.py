@@ -11,8 +11,14 @@ import pytest
 import yaml
 
 from edgeseg.search.design import DesignError, compound_factors, fractional_plan, model_matrix
-from edgeseg.search.space import expected_trials
-from edgeseg.search.spec import SpecError, design_plan, grid_variants, load_spec, spec_from_mapping
+from edgeseg.search.spec import (
+    SpecError,
+    design_plan,
+    expected_trials,
+    grid_variants,
+    load_spec,
+    spec_from_mapping,
+)
 
 SEARCHES = Path(__file__).resolve().parents[2] / "searches"
 AXES = ("multiscale", "variable_roi", "rgb", "decoder", "cascade", "distance_aware")

@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from edgeseg.config import ConfigError
-from edgeseg.search.space import expected_trials
 from edgeseg.search.spec import (
     SpecError,
+    expected_trials,
     grid_variants,
     load_spec,
     metric_mode,
