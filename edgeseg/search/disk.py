@@ -27,6 +27,7 @@ is tagged on the run (``checkpoints_pruned=failed: ...``) and never stops the se
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import posixpath
@@ -39,6 +40,7 @@ from edgeseg.search.spec import SearchSpec
 from edgeseg.search.storage import StorageFolder, control_folder, experiment_uri
 from edgeseg.secrets import redact_uri
 
+TUNE_STATE_FILES = "experiment_state-*.json"  # TuneController.CKPT_FILE_TMPL
 log = logging.getLogger("edgeseg.search.disk")
 
 TAG_CHECKPOINTS_PRUNED = "checkpoints_pruned"  # true | kept_latest | failed: <why>
@@ -61,13 +63,13 @@ def saved_trials(uri: str) -> dict[str, tuple[str, dict[str, Any]]]:
     """Trial id -> (status, last result) in the newest experiment state Tune saved at ``uri`` (what
     ``search resume`` starts from): one JSON file read, not Ray's ``ExperimentAnalysis``, which
     also reads every trial's result file. Empty when there is none; raises when it is unreadable."""
-    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
-
     folder = StorageFolder(uri)
-    newest = _find_newest_experiment_checkpoint(folder.path, folder.fs) if folder.exists() else None
-    if newest is None:
+    # Tune's own lookup (experiment_state._find_newest_experiment_checkpoint) without importing Tune:
+    # the newest of its experiment_state-<timestamp>.json files, by name
+    saved = fnmatch.filter(folder.list(), TUNE_STATE_FILES) if folder.exists() else []
+    if not saved:
         return {}
-    with folder.fs.open_input_stream(newest) as handle:
+    with folder.fs.open_input_stream(f"{folder.path}/{max(saved)}") as handle:
         state = json.loads(handle.read().decode())
     trials = {}
     for trial_json, metadata_json in state["trial_data"]:
