@@ -13,21 +13,8 @@ if [[ -x "$CHROMIUM" ]]; then
   exit 0
 fi
 
-if [[ "$(id -u)" -eq 0 ]]; then
-  SUDO=()
-elif command -v sudo >/dev/null 2>&1; then
-  SUDO=(sudo)
-else
-  echo "error: $CHROMIUM is missing, this is not root and sudo is not available; install the Debian package 'chromium'" >&2
-  exit 1
-fi
-
-export DEBIAN_FRONTEND=noninteractive
-# Refresh the package lists only when the cached ones do not know the package.
-if ! apt-cache show chromium >/dev/null 2>&1; then
-  "${SUDO[@]}" apt-get update -q
-fi
-"${SUDO[@]}" apt-get install -y -q --no-install-recommends chromium fonts-liberation >/dev/null
+source "$(dirname "$0")/apt-install.sh"
+apt_install "$CHROMIUM" chromium fonts-liberation
 
 if [[ ! -x "$CHROMIUM" ]]; then
   echo "error: apt-get installed 'chromium' but $CHROMIUM is still missing" >&2

@@ -31,21 +31,8 @@ if BINDIR=$(find_bindir); then
   exit 0
 fi
 
-if [[ "$(id -u)" -eq 0 ]]; then
-  SUDO=()
-elif command -v sudo >/dev/null 2>&1; then
-  SUDO=(sudo)
-else
-  echo "error: initdb/pg_ctl are missing, this is not root and sudo is not available; install the Debian package 'postgresql'" >&2
-  exit 1
-fi
-
-export DEBIAN_FRONTEND=noninteractive
-# Refresh the package lists only when the cached ones do not know the package.
-if ! apt-cache show postgresql >/dev/null 2>&1; then
-  "${SUDO[@]}" apt-get update -q
-fi
-"${SUDO[@]}" apt-get install -y -q --no-install-recommends postgresql >/dev/null
+source "$(dirname "$0")/apt-install.sh"
+apt_install "initdb/pg_ctl" postgresql
 
 if ! BINDIR=$(find_bindir); then
   echo "error: apt-get installed 'postgresql' but initdb/pg_ctl are still missing from /usr/lib/postgresql/*/bin" >&2

@@ -5,6 +5,9 @@ from __future__ import annotations
 import base64
 import http.client
 import multiprocessing
+import os
+import signal
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +16,15 @@ import pytest
 
 from edgeseg.search.ui import free_port
 
-__all__ = ["CHROMIUM", "CHROMIUM_FLAGS", "free_port", "http_get", "needs_chromium", "race_two_processes"]
+__all__ = [
+    "CHROMIUM",
+    "CHROMIUM_FLAGS",
+    "free_port",
+    "http_get",
+    "needs_chromium",
+    "race_two_processes",
+    "stop_cli",
+]
 
 # Debian's headless Chromium, as the browser tests start it: no network chatter, a fresh profile each run.
 CHROMIUM = Path("/usr/bin/chromium")
@@ -60,3 +71,14 @@ def http_get(port: int, path: str, user: str | None = None, password: str | None
         return response.status, response.read()
     finally:
         conn.close()
+
+
+def stop_cli(cli: subprocess.Popen, timeout: float = 60) -> None:
+    """SIGTERM a command started in its own process group (``edgeseg ui`` stops its server's group,
+    then exits); SIGKILL the group and raise if it outlives ``timeout``."""
+    cli.send_signal(signal.SIGTERM)
+    try:
+        cli.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(cli.pid, signal.SIGKILL)
+        raise

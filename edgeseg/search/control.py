@@ -43,6 +43,7 @@ from typing import Any
 
 from edgeseg.search.disk import DiskUse, format_disk_use, saved_trials, search_disk_use
 from edgeseg.search.names import ROLE_SEARCH, ROLE_TRIAL
+from edgeseg.search.scratch import pid_alive
 from edgeseg.search.spec import SearchSpec, SpecError, expected_trials, spec_from_mapping
 from edgeseg.search.storage import STOP_ALL, StorageFolder, control_folder, default_storage, experiment_uri
 from edgeseg.secrets import redact_uri, scrub, secret_values
@@ -142,18 +143,6 @@ class DriverHolder:
     def describe(self) -> str:
         since = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(self.since))
         return f"pid {self.pid} on host {self.host}, since {since} ({time.time() - self.since:.0f} s ago)"
-
-
-def pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _lock_folder(storage: str) -> StorageFolder:

@@ -147,6 +147,20 @@ def _prune_function_store(folder: StorageFolder, best: str, keep_latest: bool) -
     return kept, keep_latest and latest != best
 
 
+def _keep_parallel(
+    snapshot: dict[str, Any], results: str, partners: str, kept: set[str]
+) -> list[tuple[Any, Any]]:
+    """Filter two parallel lists of Train's snapshot to the results whose checkpoint is kept."""
+    pairs = [
+        (result, partner)
+        for result, partner in zip(snapshot[results], snapshot[partners], strict=True)
+        if result["checkpoint_dir_name"] in kept
+    ]
+    snapshot[results] = [result for result, _ in pairs]
+    snapshot[partners] = [partner for _, partner in pairs]
+    return pairs
+
+
 def _prune_train_snapshot(folder: StorageFolder, best: str, keep_latest: bool) -> tuple[set[str], bool]:
     """Rewrites Ray Train's checkpoint manager snapshot to the kept checkpoints; returns their names.
 
@@ -159,26 +173,10 @@ def _prune_train_snapshot(folder: StorageFolder, best: str, keep_latest: bool) -
     latest_result = snapshot.get("latest_checkpoint_result") or {}
     latest = str(latest_result.get("checkpoint_dir_name") or best)
     kept = {best, latest} if keep_latest else {best}
-    pairs = [
-        (result, index)
-        for result, index in zip(
-            snapshot["checkpoint_results"], snapshot["checkpoint_report_indices"], strict=True
-        )
-        if result["checkpoint_dir_name"] in kept
-    ]
-    snapshot["checkpoint_results"] = [result for result, _ in pairs]
-    snapshot["checkpoint_report_indices"] = [index for _, index in pairs]
+    pairs = _keep_parallel(snapshot, "checkpoint_results", "checkpoint_report_indices", kept)
     if latest not in kept:
         snapshot["latest_checkpoint_result"] = max(pairs, key=lambda p: p[1])[0] if pairs else None
-    pending = [
-        (result, spec)
-        for result, spec in zip(
-            snapshot["pending_training_results"], snapshot["pending_validation_specs"], strict=True
-        )
-        if result["checkpoint_dir_name"] in kept
-    ]
-    snapshot["pending_training_results"] = [result for result, _ in pending]
-    snapshot["pending_validation_specs"] = [spec for _, spec in pending]
+    _keep_parallel(snapshot, "pending_training_results", "pending_validation_specs", kept)
     for key in ("validated_checkpoint_dir_names", "timed_out_validation_checkpoint_dir_names",
                 "failed_validation_checkpoint_dir_names"):  # fmt: skip
         snapshot[key] = [name for name in snapshot.get(key, []) if name in kept]

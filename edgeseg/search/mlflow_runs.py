@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from edgeseg.config import ConfigError, ExperimentConfig, apply_overrides
-from edgeseg.search.names import EXPERIMENT_KIND_TAG, EXPERIMENT_TAGS
+from edgeseg.search.names import EPOCH_KEYS, EPOCH_PREFIXES, EXPERIMENT_KIND_TAG, EXPERIMENT_TAGS
 from edgeseg.secrets import redact_uri
 
 # SQLAlchemy's driver name -> (the module it imports, what installs it). A plain postgresql:// URI
@@ -103,6 +103,16 @@ def search_runs(client: Any, experiment_id: str, tags: Mapping[str, str]) -> lis
         token = page.token
         if not token:
             return runs
+
+
+def epoch_steps(client: Any, run: Any) -> dict[str, int]:
+    """The last epoch a run holds for each per-epoch metric (its histories: a driver killed inside
+    ``log_batch`` can leave an epoch's points written without the ``last_epoch`` tag)."""
+    return {
+        key: max((m.step for m in client.get_metric_history(run.info.run_id, key)), default=0)
+        for key in run.data.metrics
+        if key.startswith(EPOCH_PREFIXES) or key in EPOCH_KEYS
+    }
 
 
 def variant_hash(config: ExperimentConfig, base_seed: int) -> str:

@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from edgeseg import paths
-from edgeseg.search.mlflow_runs import batches, best_run, search_runs
-from edgeseg.search.names import EPOCH_KEYS, EPOCH_PREFIXES, ROLE_TRIAL
+from edgeseg.search.mlflow_runs import batches, best_run, epoch_steps, search_runs
+from edgeseg.search.names import ROLE_TRIAL
 from edgeseg.search.spec import SearchSpec, improves
 
 log = logging.getLogger("edgeseg.search.outbox")
@@ -92,11 +92,7 @@ class _ServerView:
 
     @classmethod
     def of(cls, client: Any, run: Any) -> _ServerView:
-        steps = {
-            key: max((m.step for m in client.get_metric_history(run.info.run_id, key)), default=0)
-            for key in run.data.metrics
-            if key.startswith(EPOCH_PREFIXES) or key in EPOCH_KEYS
-        }
+        steps = epoch_steps(client, run)
         steps.update({key: 0 for key in run.data.metrics if key not in steps})  # step-0 keys: present
         try:
             best = float(run.data.tags["best_value"])

@@ -33,7 +33,8 @@ def attempt_prefix(trial_id: str) -> str:
     return f"{PREFIX}{trial_id}-"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True when a process with this pid lives on this host (another user's included)."""
     if pid <= 0:
         return False
     try:
@@ -61,7 +62,7 @@ def stale_attempt_folders(root: Path | None = None) -> list[Path]:
     stale = []
     for folder in sorted(root.glob(f"{PREFIX}*")):
         owner = _owner(folder) if folder.is_dir() else None
-        if owner is not None and owner[0] == host and not _pid_alive(owner[1]):
+        if owner is not None and owner[0] == host and not pid_alive(owner[1]):
             stale.append(folder)
     return stale
 

@@ -49,6 +49,7 @@ from edgeseg.search.mlflow_runs import (
     batches,
     client_for,
     ensure_experiment,
+    epoch_steps,
     param_value,
     search_runs,
     variant_hash,
@@ -296,11 +297,7 @@ class MlflowTracker(tune.Callback):
         if not found:
             return False
         run = found[0]
-        key_steps = {
-            name: max((m.step for m in client.get_metric_history(run.info.run_id, name)), default=0)
-            for name in run.data.metrics
-            if name.startswith(EPOCH_PREFIXES) or name in EPOCH_KEYS
-        }
+        key_steps = epoch_steps(client, run)
         self.outbox.bind(key, run.info.run_id)
         if run.info.status != "RUNNING" and trial.status not in TERMINAL:
             self.outbox.put("status", key, status="RUNNING")

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import free_port
-from search_helpers import outcome_of, start_driver, tiny_overrides
+from s3_server import s3_bucket  # noqa: F401  (the fixture)
+from search_helpers import epochs_stored, outcome_of, start_driver, tiny_overrides
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -30,41 +30,6 @@ def logged_points(client, experiment_name: str) -> int:
         return 0
     runs = client.search_runs([experiment.experiment_id], "tags.role = 'trial'")
     return sum(len(client.get_metric_history(r.info.run_id, "val/miou")) for r in runs)
-
-
-def epochs_stored(storage: str) -> int:
-    """Trial checkpoints written so far (``<search>/trial_runs/<trial>/epoch_NNNN``), on any storage."""
-    import pyarrow.fs as pafs
-
-    from edgeseg.search.storage import StorageFolder
-
-    folder = StorageFolder(f"{storage}/crash/trial_runs")
-    if not folder.exists():
-        return 0
-    infos = folder.fs.get_file_info(pafs.FileSelector(folder.path, recursive=True))
-    return sum(1 for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("epoch_"))
-
-
-@pytest.fixture
-def s3_bucket(monkeypatch):
-    """A real S3 API on 127.0.0.1 (moto's server) with one bucket; AWS_* variables point pyarrow,
-    Ray and every child process at it, as they would at MinIO or S3."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "edgeseg-test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "edgeseg-test-secret")
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    boto3.client("s3").create_bucket(Bucket="edgeseg-searches")
-    try:
-        yield "s3://edgeseg-searches/team"
-    finally:
-        server.stop()
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
@@ -89,7 +54,7 @@ def test_sigkill_mid_search_then_resume_completes_without_duplicates(tmp_path, w
     try:
         # Trial checkpoints, one per epoch reported: watching them keeps this process off the MLflow
         # database while the driver creates it.
-        while epochs_stored(storage) < 3:
+        while epochs_stored(storage, "crash") < 3:
             assert driver.poll() is None, driver.communicate()[0][-4000:]
             assert time.monotonic() < deadline, "the search reported no epochs within 240 s"
             time.sleep(0.2)

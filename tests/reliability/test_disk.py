@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 from integration.search_helpers import tiny_overrides
 from ray import tune
+from s3_server import s3_bucket  # noqa: F401  (the fixture)
 
 TRIAL = "d15c0_00000"
 
@@ -137,28 +138,6 @@ def _stored_bytes(uri: str) -> int:
     folder = StorageFolder(uri)
     infos = folder.fs.get_file_info(pafs.FileSelector(folder.path, recursive=True))
     return sum(i.size for i in infos if i.type == pafs.FileType.File)
-
-
-@pytest.fixture
-def s3_bucket(monkeypatch):
-    """A real S3 API on 127.0.0.1 (moto's server) with one bucket, as in test_search_resume.py."""
-    import boto3
-    from helpers import free_port
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "edgeseg-test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "edgeseg-test-secret")
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    boto3.client("s3").create_bucket(Bucket="edgeseg-searches")
-    try:
-        yield "s3://edgeseg-searches/team"
-    finally:
-        server.stop()
 
 
 @pytest.mark.timeout(60)

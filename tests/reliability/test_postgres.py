@@ -24,7 +24,7 @@ import onnxruntime as ort
 import psycopg
 import pytest
 import yaml
-from helpers import http_get
+from helpers import http_get, stop_cli
 from integration.search_helpers import (
     audit_finished_search,
     epochs_stored,
@@ -218,12 +218,7 @@ def test_edgeseg_ui_serves_postgresql_without_showing_the_password(
         ]
         assert not shown, f"the database password is on a command line: {shown}"
     finally:
-        cli.send_signal(signal.SIGTERM)  # the CLI stops the server's process group, then exits
-        try:
-            cli.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(cli.pid, signal.SIGKILL)
-            raise
+        stop_cli(cli)  # the CLI stops the server's process group, then exits
     time.sleep(0.5)  # let the reader thread take the last lines
     while not lines.empty():
         printed.append(lines.get_nowait())

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import free_port
 from integration.search_helpers import audit_finished_search, outcome_of, start_driver, tiny_overrides
+from s3_server import s3_bucket  # noqa: F401  (the fixture)
 
 
 def mlflow_client(home: Path) -> Any:
@@ -247,28 +247,6 @@ def test_optuna_resume_reruns_no_configuration_and_continues_the_study(tmp_path,
 TRAIN_EPOCHS = 4
 
 
-@pytest.fixture
-def s3_bucket(monkeypatch):
-    """A real S3 API on 127.0.0.1 (moto's server, as in tests/integration/test_search_resume.py) with
-    one bucket; AWS_* variables point pyarrow, Ray and the driver processes at it."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "edgeseg-test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "edgeseg-test-secret")
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    boto3.client("s3").create_bucket(Bucket="edgeseg-searches")
-    try:
-        yield "s3://edgeseg-searches/team"
-    finally:
-        server.stop()
-
-
 def train_checkpoints_stored(storage: str, name: str) -> int:
     """Ray Train checkpoints persisted so far (``<search>/train_runs/train-<trial>/checkpoint_*``)."""
     import pyarrow.fs as pafs
@@ -287,7 +265,7 @@ def train_checkpoints_stored(storage: str, name: str) -> int:
 @pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_train_executor_on_s3_resumes_after_sigkill(tmp_path, s3_bucket):
+def test_train_executor_on_s3_resumes_after_sigkill(tmp_path, s3_bucket):  # noqa: F811  (the fixture)
     import onnxruntime as ort
 
     from edgeseg.search.storage import StorageFolder

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import free_port, http_get
+from helpers import free_port, http_get, stop_cli
 
 from edgeseg.engine.checkpoint import (
     CHECKPOINT_FILE,
@@ -227,12 +227,7 @@ def test_edgeseg_ui_prints_the_store_redacted(tmp_path: Path, store: tuple[Path,
         assert_no_secret_on_command_lines(server_pid, [db_secret, admin_password])
         assert db_secret not in " ".join(group_commands(cli.pid).values())  # nor on the CLI's own
     finally:
-        cli.send_signal(signal.SIGTERM)  # the CLI stops the server's process group, then exits
-        try:
-            cli.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(cli.pid, signal.SIGKILL)
-            raise
+        stop_cli(cli)  # the CLI stops the server's process group, then exits
     assert cli.returncode == 0, errors.read_text()
     time.sleep(0.5)  # let the reader thread take the last lines
     printed = first + links + "".join(iter_queue(lines)) + errors.read_text()
