@@ -3,6 +3,8 @@
     python benchmarks/bench_stability.py [--presets a,b] [--seeds 0,1,2,3,4] [--budget ablation-video]
         [--set KEY=VALUE ...] [--out FILE] [--home DIR]
     python benchmarks/bench_stability.py --markdown results/stability.json   # the table for docs/presets.md
+    python benchmarks/bench_stability.py --markdown a.json b.json --out results/stability.json
+        # runs split over processes (--presets) merged into one JSON, in PRESETS order, and its table
 
 A preset is *stable* at a budget when no seed leaves a class never predicted (``val/pred_share_target``
 or ``val/pred_share_other`` is 0: the head collapsed) and the sample standard deviation of the
@@ -149,6 +151,27 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def merge(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """One report from runs of the same budget and seeds split by preset (presets in PRESETS order)."""
+    from edgeseg.config import PRESETS
+
+    first = reports[0]
+    for other in reports[1:]:
+        for key in ("budget", "seeds"):
+            if other[key] != first[key]:
+                raise SystemExit(f"--markdown: the reports differ in {key}: {first[key]} vs {other[key]}")
+    presets = [p for report in reports for p in report["presets"]]
+    names = [p["preset"] for p in presets]
+    if len(set(names)) != len(names):
+        raise SystemExit(f"--markdown: a preset appears in more than one report: {sorted(names)}")
+    order = {name: index for index, name in enumerate(PRESETS)}
+    presets.sort(key=lambda p: order.get(p["preset"], len(order)))
+    merged = {**first, "presets": presets, "all_stable": all(p["stable"] for p in presets)}
+    merged["wall_seconds"] = max(r.get("wall_seconds", 0.0) for r in reports)
+    merged["processes"] = len(reports)
+    return merged
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--presets", default="", help="comma-separated preset names (default: all)")
@@ -156,7 +179,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--spec", type=Path, default=DEFAULT_SPEC, help="the search whose budget is used")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra override")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here (after every run)")
-    parser.add_argument("--markdown", type=Path, default=None, help="print the table of this JSON and exit")
+    parser.add_argument(
+        "--markdown", type=Path, nargs="+", default=None,
+        help="print the table of these JSONs (merged; with --out, also write the merged JSON) and exit",
+    )  # fmt: skip
     parser.add_argument(
         "--home", type=Path, default=Path("/tmp/edgeseg-bench-stability"), help="EDGESEG_HOME"
     )
@@ -166,7 +192,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.markdown:
-        print(markdown(json.loads(args.markdown.read_text())))
+        report = merge([json.loads(path.read_text()) for path in args.markdown])
+        if args.out:
+            args.out.write_text(json.dumps(report, indent=2) + "\n")
+        print(markdown(report))
         return 0
     os.environ.setdefault("EDGESEG_HOME", str(args.home))
 

@@ -30,6 +30,7 @@ NUM_CLASSES = len(CLASS_NAMES)
 # The config's vocabulary of components; ``models/registry.py`` accepts registrations of these names only.
 FUSION_NAMES = ("adaptive", "concat", "sum", "fpn")
 DECODER_NAMES = ("plain", "hierarchical", "class_specific")
+OUTPUT_PRIORS = ("none", "global", "spatial")
 # The ablation axes of a config: MLflow tags of every trial and the report's factor columns.
 FEATURE_FLAGS = (
     "multiscale", "layers", "fusion", "variable_roi", "roi_sizes", "rgb", "decoder", "cascade",
@@ -144,6 +145,9 @@ class ModelConfig:
     mask_size: int = 56
     sampling_ratio: int = 2
     roi_coords: bool = False  # add ROI-relative (u, v) to the fused features (models.blocks.RoiCoordinates)
+    # Learnable logit bias added to every class output, initialised from the training targets
+    # (models.blocks.OutputPrior): none | global (per class) | spatial (per class and mask cell).
+    output_prior: str = "none"
 
 
 @dataclass(frozen=True)
@@ -580,6 +584,8 @@ def validate(config: ExperimentConfig) -> None:
     _check(m.channels >= 4, "model.channels", "must be >= 4")
     _check(8 <= m.mask_size <= 256, "model.mask_size", "must be in [8, 256]")
     _check(m.sampling_ratio >= 2, "model.sampling_ratio", "must be >= 2 (one sample per bin aliases)")
+    _check(m.output_prior in OUTPUT_PRIORS, "model.output_prior",
+           f"{m.output_prior!r} is not one of {OUTPUT_PRIORS}")  # fmt: skip
     _check(not (m.cascade and m.decoder != "plain"), "model.cascade",
            f"cascade refinement works with the plain decoder, not decoder={m.decoder!r}")  # fmt: skip
     _check(loss.ce_weight >= 0 and loss.dice_weight >= 0, "loss.ce_weight", "weights must be >= 0")

@@ -20,7 +20,7 @@ from edgeseg.config import CLASS_NAMES, NUM_CLASSES
 from edgeseg.data.dataset import PersonRoiDataset
 
 # Bump when pixel_statistics changes what it counts, so cached statistics are recomputed.
-STATISTICS_VERSION = 1
+STATISTICS_VERSION = 2  # 2: per-cell class counts (position_counts)
 
 
 def statistics_key(dataset: Any) -> str:
@@ -47,11 +47,15 @@ def pixel_statistics(dataset: Any) -> dict[str, Any]:
     if not has_targets and getattr(dataset, "augment", None) is not None:
         raise ValueError("pixel_statistics needs un-augmented targets: pass a data set with augment=None")
     counts = np.zeros(NUM_CLASSES, dtype=np.int64)
+    cells: np.ndarray | None = None  # [3, M, M]: how often each class lies at each mask cell
     rois = 0
     for index in range(len(dataset)):
         targets = dataset.targets(index) if has_targets else dataset[index].targets.numpy()
         counts += np.bincount(targets.ravel(), minlength=NUM_CLASSES)[:NUM_CLASSES]
         rois += len(targets)
+        if len(targets):
+            onehot = np.stack([(targets == c).sum(axis=0) for c in range(NUM_CLASSES)])
+            cells = onehot if cells is None else cells + onehot
     total = int(counts.sum())
     ratios = (counts / total).tolist() if total else [0.0] * NUM_CLASSES
     return {
@@ -60,7 +64,17 @@ def pixel_statistics(dataset: Any) -> dict[str, Any]:
         "pixel_counts": dict(zip(CLASS_NAMES, counts.tolist(), strict=True)),
         "pixel_ratios": dict(zip(CLASS_NAMES, ratios, strict=True)),
         "ratios": ratios,
+        "position_counts": cells.tolist() if cells is not None else None,
     }
+
+
+def log_position_prior(stats: dict[str, Any], smoothing: float = 1.0) -> np.ndarray:
+    """``log p(class | mask cell)`` [3, M, M] from ``pixel_statistics``, add-``smoothing`` (Laplace)."""
+    cells = stats.get("position_counts")
+    if not cells:
+        raise ValueError(f"pixel statistics of {stats.get('images')} images hold no ROI targets")
+    counts = np.asarray(cells, dtype=np.float64) + smoothing
+    return np.log(counts / counts.sum(axis=0, keepdims=True))
 
 
 def log_class_weights(ratios: Sequence[float]) -> list[float]:

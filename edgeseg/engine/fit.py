@@ -162,6 +162,10 @@ def _start(config: ExperimentConfig, prepared: Prepared, device: torch.device, w
     """A fresh head, AdamW, warm-up + cosine schedule and grad scaler for this configuration."""
     t = config.train
     head = build_head(prepared.model, prepared.layer_infos)
+    if head.prior is not None:  # a resumed run overwrites it with the checkpoint's
+        if prepared.output_prior is None:
+            raise ValueError("model.output_prior is set but prepare() computed no prior")
+        head.prior.initialise(torch.tensor(prepared.output_prior, dtype=torch.float32))
     flops = cached_flops_report(head, prepared.model, prepared.layer_infos, config.data.input_size)
     static = {"params_count": float(count_parameters(head)), "gflops": flops["gflops_per_roi"],
               "gflops_per_image": flops["gflops_per_image"]}  # fmt: skip

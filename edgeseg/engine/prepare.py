@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edgeseg import paths
 from edgeseg.backbone.cache import FeatureCache, OnTheFlyFeatures
 from edgeseg.backbone.extractor import OnnxFeatureExtractor
@@ -24,7 +26,7 @@ from edgeseg.backbone.prepare import load_backbone
 from edgeseg.config import ExperimentConfig, ModelConfig, parse_class_weights
 from edgeseg.data.augment import AugmentConfig
 from edgeseg.data.dataset import PersonRoiDataset
-from edgeseg.data.stats import log_class_weights, pixel_statistics, statistics_key
+from edgeseg.data.stats import log_class_weights, log_position_prior, pixel_statistics, statistics_key
 from edgeseg.data.synth import write_synth_dataset
 from edgeseg.data.video_people import default_video_path, write_video_people_dataset
 from edgeseg.files import file_lock
@@ -184,6 +186,21 @@ class Prepared:
     train_features: Any
     val_features: Any
     class_weights: tuple[float, float, float] | None
+    # log p(class | mask cell) [3, M, M] of the training targets (+ log class weight) when the model has
+    # an output prior (model.output_prior); the head's prior starts from it (models.blocks.OutputPrior).
+    output_prior: list[list[list[float]]] | None = None
+
+
+def training_statistics(train: Any) -> dict[str, Any]:
+    """``pixel_statistics(train)``, cached under a key of every setting that changes targets."""
+    cache = paths.subdir("stats") / f"{statistics_key(train)}.json"
+    if cache.exists():
+        return dict(json.loads(cache.read_text()))
+    stats = pixel_statistics(train)
+    tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(stats))
+    tmp.replace(cache)
+    return stats
 
 
 def class_weights_for(config: ExperimentConfig, train: Any, log=print) -> tuple[float, float, float] | None:
@@ -194,17 +211,26 @@ def class_weights_for(config: ExperimentConfig, train: Any, log=print) -> tuple[
     explicit = parse_class_weights(spec)
     if explicit is not None:
         return explicit
-
-    cache = paths.subdir("stats") / f"{statistics_key(train)}.json"  # every setting that changes targets
-    if cache.exists():
-        stats = json.loads(cache.read_text())
-    else:
-        stats = pixel_statistics(train)
-        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(stats))
-        tmp.replace(cache)
-    weights = log_class_weights(stats["ratios"])
+    weights = log_class_weights(training_statistics(train)["ratios"])
     return (float(weights[0]), float(weights[1]), float(weights[2]))
+
+
+def output_prior_for(
+    config: ExperimentConfig, train: Any, weights: tuple[float, float, float] | None
+) -> list[list[list[float]]] | None:
+    """The output prior's starting point: per-cell log class probabilities of the training targets plus
+    ``log w_c`` (a weighted loss's optimum without features); None when the model has no prior."""
+    if config.model.output_prior == "none":
+        return None
+    prior = log_position_prior(training_statistics(train))
+    if prior.shape[1:] != (config.model.mask_size, config.model.mask_size):
+        raise ValueError(
+            f"model.output_prior: the training targets are {prior.shape[1]}x{prior.shape[2]} masks, "
+            f"model.mask_size is {config.model.mask_size}"
+        )
+    if weights is not None:
+        prior = prior + np.log(np.asarray(weights, dtype=np.float64))[:, None, None]
+    return prior.tolist()
 
 
 def _digest(text: str) -> str:
@@ -222,5 +248,6 @@ def prepare(config: ExperimentConfig, log=print, *, build_features: bool = True)
     train_features = feature_source(config, extractor, train, log) if build_features else None
     val_features = feature_source(config, extractor, val, log) if build_features else None
     weights = class_weights_for(config, train, log)
+    prior = output_prior_for(config, train, weights)
     return Prepared(config, model, spec, {k: infos[k] for k in model.layers}, train, val, train_features,
-                    val_features, weights)  # fmt: skip
+                    val_features, weights, prior)  # fmt: skip

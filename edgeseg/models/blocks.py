@@ -112,3 +112,55 @@ class RoiCoordinates(nn.Module):
                 f"RoiCoordinates built for {tuple(self.grid.shape[-2:])} cells, got {tuple(x.shape[-2:])}"
             )
         return x + self.embed(self.grid)
+
+
+class OutputPrior(nn.Module):
+    """A learnable logit bias added to every class output of the decoder, set from the training targets.
+
+    ``bias`` is [1, 3, M, M] (``spatial``: one value per class and mask cell) or [1, 3, 1, 1]
+    (``global``: per class). :meth:`initialise` sets it to ``log p(class | cell)`` of the training ROI
+    targets (plus ``log w_class`` of the loss's class weights, the optimum of a weighted loss that sees
+    no features), centred over the classes. It is the class-prior output bias of RetinaNet extended to
+    where a class lies in the ROI: from the first step the ROI's centre reads "target person" and its
+    rim "other person" or background, so the decoder learns the residual from the features instead of
+    first having to find that every ROI is centred on its own person (the "all other" plateau a head
+    can sit on for the whole budget).
+
+    Applied to ``logits`` and ``stages`` [.., 3, M, M] as is; to the hierarchical decoder's
+    ``bg_fg_logits`` as ``[b, logsumexp(t, o)]`` and ``target_other_logits`` as ``[t, o]``.
+    """
+
+    def __init__(self, kind: str, mask_size: int) -> None:
+        super().__init__()
+        if kind not in ("global", "spatial"):
+            raise ValueError(f"output prior {kind!r}: expected 'global' or 'spatial'")
+        self.kind = kind
+        self.mask_size = mask_size
+        size = mask_size if kind == "spatial" else 1
+        self.bias = nn.Parameter(torch.zeros(1, 3, size, size))
+
+    @torch.no_grad()
+    def initialise(self, log_prior: Tensor) -> None:
+        """Set the bias from per-cell log class probabilities [3, M, M] (centred over the classes here)."""
+        if log_prior.shape != (3, self.mask_size, self.mask_size):
+            raise ValueError(
+                f"output prior needs a [3, {self.mask_size}, {self.mask_size}] log prior, "
+                f"got {tuple(log_prior.shape)}"
+            )
+        prior = log_prior.to(self.bias)
+        if self.kind == "global":
+            prior = prior.exp().mean(dim=(1, 2), keepdim=True).log()
+        self.bias.copy_((prior - prior.mean(dim=0, keepdim=True))[None])
+
+    def forward(self, outputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        bias = self.bias
+        out = dict(outputs)
+        out["logits"] = outputs["logits"] + bias
+        if "stages" in outputs:
+            out["stages"] = outputs["stages"] + bias[None]
+        if "bg_fg_logits" in outputs:
+            fg = torch.logsumexp(bias[:, 1:3], dim=1, keepdim=True)
+            out["bg_fg_logits"] = outputs["bg_fg_logits"] + torch.cat([bias[:, 0:1], fg], dim=1)
+        if "target_other_logits" in outputs:
+            out["target_other_logits"] = outputs["target_other_logits"] + bias[:, 1:3]
+        return out

@@ -12,7 +12,7 @@ from typing import Protocol
 from torch import nn
 
 from edgeseg.config import ConfigError, ModelConfig
-from edgeseg.models.blocks import RoiCoordinates
+from edgeseg.models.blocks import OutputPrior, RoiCoordinates
 from edgeseg.models.fusion import SingleLayer
 from edgeseg.models.head import RoiSegmentationHead
 from edgeseg.models.pooling import MultiLayerRoiPooler
@@ -85,6 +85,8 @@ def build_head(cfg: ModelConfig, layers: Mapping[str, LayerInfoLike]) -> RoiSegm
     if any(size < 1 for size in roi_sizes):
         raise _fail("roi_sizes", f"every size must be >= 1, got {roi_sizes}")
     name = decoder_name(cfg)
+    if cfg.output_prior not in ("none", "global", "spatial"):
+        raise _fail("output_prior", f"{cfg.output_prior!r} is not one of none, global, spatial")
 
     strides = [int(layers[layer].stride) for layer in cfg.layers]
     rgb_layers = [layer for layer in cfg.layers if layer in cfg.rgb_layers]
@@ -109,4 +111,5 @@ def build_head(cfg: ModelConfig, layers: Mapping[str, LayerInfoLike]) -> RoiSegm
         sizes = [roi_sizes[cfg.layers.index(layer)] for layer in rgb_layers]
         rgb = RgbRoiBranch(rgb_layers, sizes, cfg.rgb_channels, cfg.sampling_ratio)
     coordinates = RoiCoordinates(cfg.channels, cfg.roi_size) if cfg.roi_coords else None
-    return RoiSegmentationHead(pooler, fusion, decoder, rgb, coordinates)
+    prior = OutputPrior(cfg.output_prior, cfg.mask_size) if cfg.output_prior != "none" else None
+    return RoiSegmentationHead(pooler, fusion, decoder, rgb, coordinates, prior)

@@ -1,5 +1,5 @@
 """The ROI segmentation head, composed from its parts: pooler -> fusion -> (+ ROI coordinates) -> decoder
-(+ RGB branch).
+(+ output prior) (+ RGB branch).
 
 Feature maps of a frozen backbone and person ROIs go in; 3-class mask logits per ROI come out
 (0 background, 1 the ROI's own person = target, 2 any other person). Each part is built from plain
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from edgeseg.models.blocks import RoiCoordinates
+from edgeseg.models.blocks import OutputPrior, RoiCoordinates
 from edgeseg.models.pooling import MultiLayerRoiPooler
 from edgeseg.models.rgb import RgbRoiBranch
 
@@ -36,6 +36,7 @@ class RoiSegmentationHead(nn.Module):
         decoder: nn.Module,
         rgb: RgbRoiBranch | None = None,
         coordinates: RoiCoordinates | None = None,
+        prior: OutputPrior | None = None,
     ) -> None:
         super().__init__()
         wanted = set(pooler.extra_channels)
@@ -60,6 +61,11 @@ class RoiSegmentationHead(nn.Module):
         self.decoder = decoder
         self.rgb = rgb
         self.coordinates = coordinates
+        if prior is not None and prior.mask_size != mask_size:
+            raise ValueError(
+                f"output prior is {prior.mask_size}x{prior.mask_size}, the decoder's masks {mask_size}"
+            )
+        self.prior = prior
 
     @property
     def layer_ids(self) -> tuple[str, ...]:
@@ -94,4 +100,5 @@ class RoiSegmentationHead(nn.Module):
         fused = self.fusion(self.pooler(features, rois, extras))
         if self.coordinates is not None:
             fused = self.coordinates(fused)
-        return self.decoder(fused)
+        outputs = self.decoder(fused)
+        return self.prior(outputs) if self.prior is not None else outputs

@@ -13,7 +13,7 @@ import pytest
 
 from edgeseg.data.augment import AugmentConfig
 from edgeseg.data.dataset import PersonRoiDataset
-from edgeseg.data.stats import log_class_weights, pixel_statistics, statistics_key
+from edgeseg.data.stats import log_class_weights, log_position_prior, pixel_statistics, statistics_key
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "coco_people.json"
 
@@ -96,3 +96,21 @@ def test_statistics_key_changes_whenever_the_statistics_can(tmp_path: Path) -> N
     assert pixel_statistics(first)["images"] == 1 and statistics_key(first) != key
     with pytest.raises(TypeError, match="target_key"):
         statistics_key([np.zeros((1, 8, 8), np.int64)])
+
+
+def test_position_counts_place_each_class_in_the_mask_and_give_the_log_prior(tmp_path: Path) -> None:
+    dataset = _fixture_dataset(tmp_path)
+    stats = pixel_statistics(dataset)
+    cells = np.asarray(stats["position_counts"])
+    assert cells.shape == (3, 8, 8)
+    np.testing.assert_array_equal(cells.sum(axis=0), np.full((8, 8), stats["rois"]))  # every ROI, every cell
+    np.testing.assert_array_equal(cells.sum(axis=(1, 2)), list(stats["pixel_counts"].values()))
+    targets = np.concatenate([dataset.targets(i) for i in range(len(dataset))])
+    np.testing.assert_array_equal(cells[1], (targets == 1).sum(axis=0))  # by hand: where targets are 1
+    # ROIs are centred on their person: the centre cells are target in every ROI, the corners never.
+    assert cells[1, 3:5, 3:5].min() == stats["rois"] and cells[1, 0, 0] == 0
+    prior = log_position_prior(stats, smoothing=1.0)
+    np.testing.assert_allclose(np.exp(prior).sum(axis=0), 1.0)
+    np.testing.assert_allclose(prior[:, 0, 0], np.log((cells[:, 0, 0] + 1) / (stats["rois"] + 3)))
+    with pytest.raises(ValueError, match="no ROI targets"):
+        log_position_prior({"images": 2, "position_counts": None})

@@ -311,3 +311,19 @@ def test_roi_coordinates_export_and_matter(tmp_path):
     with torch.no_grad():
         head.coordinates.embed.weight.zero_()
     assert np.abs(torch_logits(head, features, ROIS) - masks).max() > 1e-3  # the coordinates took part
+
+
+def test_output_prior_exports_and_matters(tmp_path):
+    torch.manual_seed(0)
+    head = build_head(tiny_config("hierarchical", output_prior="spatial"), LAYERS)
+    assert head.prior is not None
+    head.prior.initialise(torch.log_softmax(torch.randn(3, 16, 16) * 3, dim=0))
+    report = export_head(head, LAYERS, INPUT_SIZE, tmp_path / "head.onnx")
+    assert report.max_abs_diff <= 1e-3
+    features, _ = random_inputs(head, batch_size=3, seed=1)
+    feed = dict(zip(["features_l4", "features_l8", "features_l16"], features, strict=True)) | {"rois": ROIS}
+    (masks,) = session(report.onnx_path).run(["masks"], feed)
+    np.testing.assert_allclose(masks, torch_logits(head, features, ROIS), atol=1e-4, rtol=0)
+    with torch.no_grad():
+        head.prior.bias.zero_()
+    assert np.abs(torch_logits(head, features, ROIS) - masks).max() > 1e-1  # the prior took part

@@ -211,6 +211,7 @@ def test_hierarchical_combines_its_branches_as_specified(training):
         ({"decoder": "cascade"}, "model.decoder"),
         ({"layers": ("l4", "l64")}, "model.layers"),
         ({"layers": ("l4", "l4")}, "model.layers"),
+        ({"output_prior": "learned"}, "model.output_prior"),
     ],
 )
 def test_unsupported_combinations_raise_naming_the_field(changes, key):
@@ -312,3 +313,45 @@ def test_roi_coordinates_give_each_cell_its_place_in_the_roi():
     torch.testing.assert_close(embedded[0], embedded[2])  # the same place in every ROI
     with pytest.raises(ValueError, match="built for"):
         head.coordinates(torch.zeros(1, 16, 4, 4))
+
+
+@pytest.mark.parametrize("decoder", ["plain", "cascade", "hierarchical", "class_specific"])
+def test_output_prior_biases_every_class_output_by_the_same_map(decoder):
+    torch.manual_seed(0)
+    head = build_head(config_for(decoder, output_prior="spatial"), LAYERS).eval()
+    assert head.prior is not None and head.prior.bias.shape == (1, 3, 16, 16)
+    probabilities = torch.softmax(torch.randn(3, 16, 16), dim=0)
+    head.prior.initialise(probabilities.log())
+    bias = head.prior.bias.detach()[0]
+    torch.testing.assert_close(bias.sum(dim=0), torch.zeros(16, 16), atol=1e-5, rtol=0)  # centred
+    torch.testing.assert_close(torch.softmax(bias, dim=0), probabilities)  # same probabilities
+    features = make_features(head.layer_ids)
+    with torch.no_grad():
+        out = head(features, ROIS)
+        raw = head.decoder(head.fusion(head.pooler(features, ROIS)))  # no ROI coordinates in config_for
+    torch.testing.assert_close(out["logits"] - raw["logits"], bias.expand_as(out["logits"]))
+    assert set(out) == set(raw)
+    if decoder == "cascade":
+        torch.testing.assert_close(out["stages"] - raw["stages"], bias.expand_as(out["stages"]))
+    if decoder == "hierarchical":
+        fg = torch.logsumexp(bias[1:3], dim=0)
+        torch.testing.assert_close(out["bg_fg_logits"][0, 0] - raw["bg_fg_logits"][0, 0], bias[0])
+        torch.testing.assert_close(out["bg_fg_logits"][0, 1] - raw["bg_fg_logits"][0, 1], fg)
+        torch.testing.assert_close(out["target_other_logits"][0] - raw["target_other_logits"][0], bias[1:3])
+
+
+def test_global_output_prior_is_one_bias_per_class_and_trains():
+    head = build_head(config_for("plain", output_prior="global"), LAYERS)
+    assert head.prior is not None and head.prior.bias.shape == (1, 3, 1, 1)
+    cells = torch.tensor([0.5, 0.3, 0.2])[:, None, None].expand(3, 16, 16).clone()
+    cells[:, :8] = torch.tensor([0.1, 0.6, 0.3])[:, None, None]  # the mean over cells is 0.3 / 0.45 / 0.25
+    head.prior.initialise(cells.log())
+    torch.testing.assert_close(
+        torch.softmax(head.prior.bias.detach().flatten(), 0), torch.tensor([0.3, 0.45, 0.25])
+    )
+    plain = build_head(config_for("plain"), LAYERS)
+    assert count_parameters(head) == count_parameters(plain) + 3
+    head(make_features(head.layer_ids), ROIS)["logits"].sum().backward()
+    assert head.prior.bias.grad is not None and head.prior.bias.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match=r"\[3, 16, 16\] log prior"):
+        head.prior.initialise(torch.zeros(3, 8, 8))
