@@ -46,16 +46,15 @@ def pixel_statistics(dataset: Any) -> dict[str, Any]:
     has_targets = hasattr(dataset, "targets")
     if not has_targets and getattr(dataset, "augment", None) is not None:
         raise ValueError("pixel_statistics needs un-augmented targets: pass a data set with augment=None")
-    counts = np.zeros(NUM_CLASSES, dtype=np.int64)
     cells: np.ndarray | None = None  # [3, M, M]: how often each class lies at each mask cell
     rois = 0
     for index in range(len(dataset)):
         targets = dataset.targets(index) if has_targets else dataset[index].targets.numpy()
-        counts += np.bincount(targets.ravel(), minlength=NUM_CLASSES)[:NUM_CLASSES]
         rois += len(targets)
         if len(targets):
-            onehot = np.stack([(targets == c).sum(axis=0) for c in range(NUM_CLASSES)])
-            cells = onehot if cells is None else cells + onehot
+            per_cell = np.stack([(targets == c).sum(axis=0) for c in range(NUM_CLASSES)])
+            cells = per_cell if cells is None else cells + per_cell
+    counts = cells.sum(axis=(1, 2)) if cells is not None else np.zeros(NUM_CLASSES, dtype=np.int64)
     total = int(counts.sum())
     ratios = (counts / total).tolist() if total else [0.0] * NUM_CLASSES
     return {

@@ -11,7 +11,7 @@ from typing import Protocol
 
 from torch import nn
 
-from edgeseg.config import ConfigError, ModelConfig
+from edgeseg.config import OUTPUT_PRIORS, ConfigError, ModelConfig
 from edgeseg.models.blocks import OutputPrior, RoiCoordinates
 from edgeseg.models.fusion import SingleLayer
 from edgeseg.models.head import RoiSegmentationHead
@@ -85,8 +85,8 @@ def build_head(cfg: ModelConfig, layers: Mapping[str, LayerInfoLike]) -> RoiSegm
     if any(size < 1 for size in roi_sizes):
         raise _fail("roi_sizes", f"every size must be >= 1, got {roi_sizes}")
     name = decoder_name(cfg)
-    if cfg.output_prior not in ("none", "global", "spatial"):
-        raise _fail("output_prior", f"{cfg.output_prior!r} is not one of none, global, spatial")
+    if cfg.output_prior not in OUTPUT_PRIORS:
+        raise _fail("output_prior", f"{cfg.output_prior!r} is not one of {OUTPUT_PRIORS}")
 
     strides = [int(layers[layer].stride) for layer in cfg.layers]
     rgb_layers = [layer for layer in cfg.layers if layer in cfg.rgb_layers]

@@ -397,7 +397,7 @@ def trial_states(storage: str, name: str) -> dict[str, str]:
     """Trial id -> Tune status, from the storage folder alone (no MLflow): the saved experiment
     state, plus trials that started since it was saved (their folders exist; status UNKNOWN)."""
     experiment = StorageFolder(experiment_uri(storage, name))
-    states = {trial_id: state for trial_id, (state, _) in tune_trials(experiment.uri).items()}
+    states = {trial_id: state for trial_id, (state, _) in saved_trials(experiment.uri).items()}
     runs = "trial_runs"  # the function executor's checkpoints, next to Tune's trial_<id> folders
     seen = [n.removeprefix("trial_") for n in experiment.list() if n.startswith("trial_") and n != runs]
     seen += experiment.child(runs).list()
@@ -570,7 +570,7 @@ def search_status(name: str, storage: str | None = None, tracking_uri: str | Non
     storage = storage or default_storage()
     record = read_record(name, storage)
     spec = record.spec
-    known = tune_trials(experiment_uri(str(spec.storage), name))
+    known = saved_trials(experiment_uri(str(spec.storage), name))
     uri = str(tracking_uri or spec.mlflow.tracking_uri)
     tracking_error = ""
     try:
@@ -635,11 +635,6 @@ def _tracked_runs(uri: str, record: SearchRecord) -> tuple[dict[str, Any], str]:
         else (parent[0].data.tags.get("best_run_id", "") if parent else "")
     )
     return {r.data.tags.get("ray_trial_id", ""): r for r in found}, str(best_id)
-
-
-def tune_trials(uri: str) -> dict[str, tuple[str, dict[str, Any]]]:
-    """Trial id -> (Tune status, last result) from the newest saved experiment state."""
-    return saved_trials(uri)
 
 
 def format_status(status: SearchStatus) -> str:

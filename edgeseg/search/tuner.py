@@ -29,6 +29,7 @@ from edgeseg import paths
 from edgeseg.engine.prepare import prepare
 from edgeseg.search import control
 from edgeseg.search.adaptive import Planner
+from edgeseg.search.disk import saved_trials
 from edgeseg.search.driver_hooks import DriverControl, StopRequests
 from edgeseg.search.mlflow_runs import client_for, ensure_experiment, require_store_driver, search_runs
 from edgeseg.search.names import ROLE_SEARCH, ROLE_TRIAL
@@ -336,7 +337,7 @@ def _fit(
     tuner.fit()  # an exception or a second interrupt leaves through the lease: driver state failed/stopped
     control.clear_stop_all(spec)
     path = experiment_uri(str(spec.storage), spec.name)
-    trials = control.tune_trials(path)
+    trials = saved_trials(path)
     terminated = sum(1 for state, _ in trials.values() if state == "TERMINATED")
     errored = sum(1 for state, _ in trials.values() if state == "ERROR")
     expected = expected_trials(spec)

@@ -86,10 +86,11 @@ def audit_finished_search(
 
     Every Tune trial TERMINATED; one FINISHED parent run; exactly one FINISHED child run per trial (no
     duplicates); every epoch 1..``epochs`` logged once per run for each of ``keys``; the ONNX exported."""
-    from edgeseg.search.control import read_record, tune_trials
+    from edgeseg.search.control import read_record
+    from edgeseg.search.disk import saved_trials
 
     record = read_record(name, storage)
-    trials = tune_trials(f"{storage}/{name}")
+    trials = saved_trials(f"{storage}/{name}")
     assert trials and {state for state, _ in trials.values()} == {"TERMINATED"}, trials
     experiment = client.get_experiment_by_name(record.spec.experiment_name)
     runs = client.search_runs(

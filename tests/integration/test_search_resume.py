@@ -34,7 +34,8 @@ def logged_points(client, experiment_name: str) -> int:
 
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_sigkill_mid_search_then_resume_completes_without_duplicates(tmp_path, where, request):
-    from edgeseg.search.control import read_record, tune_trials
+    from edgeseg.search.control import read_record
+    from edgeseg.search.disk import saved_trials
     from edgeseg.search.storage import StorageFolder
 
     home = tmp_path / "home"
@@ -70,7 +71,7 @@ def test_sigkill_mid_search_then_resume_completes_without_duplicates(tmp_path, w
     assert resumed["trials"] == resumed["expected_trials"] == 2
 
     record = read_record("crash", storage)
-    trials = tune_trials(f"{storage}/crash")
+    trials = saved_trials(f"{storage}/crash")
     assert len(trials) == 2 and {s for s, _ in trials.values()} == {"TERMINATED"}
     experiment = client.get_experiment_by_name("crash")
     runs = client.search_runs(

@@ -96,11 +96,11 @@ def asha_search(env):
 
 
 def test_asha_search_completes_prunes_and_logs_one_run_per_trial(env, asha_search):
-    from edgeseg.search.control import tune_trials
+    from edgeseg.search.disk import saved_trials
 
     spec, outcome = asha_search
     assert outcome.state == "finished"
-    trials = tune_trials(outcome.experiment_path)
+    trials = saved_trials(outcome.experiment_path)
     assert len(trials) == 3 and {state for state, _ in trials.values()} == {"TERMINATED"}
     client, experiment, runs, parents = trial_runs(spec, outcome.search_id)
 

@@ -30,7 +30,8 @@ def wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 180.
 def test_stop_one_trial_then_the_whole_search_then_resume(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from edgeseg.search.control import read_record, request_stop, search_status, tune_trials
+    from edgeseg.search.control import read_record, request_stop, search_status
+    from edgeseg.search.disk import saved_trials
 
     home = tmp_path / "home"
     monkeypatch.setenv("EDGESEG_HOME", str(home))
@@ -93,7 +94,7 @@ def test_stop_one_trial_then_the_whole_search_then_resume(tmp_path, monkeypatch)
     assert second["state"] == "finished" and second["trials"] == 2
 
     record = read_record("stoppable", storage)
-    trials = tune_trials(f"{storage}/stoppable")
+    trials = saved_trials(f"{storage}/stoppable")
     assert {s for s, _ in trials.values()} == {"TERMINATED"} and len(trials) == 2
     runs = client.search_runs(
         [client.get_experiment_by_name("stoppable").experiment_id],

@@ -306,7 +306,8 @@ def test_stop_trial_from_another_process_prunes_that_trial(sigterm_search):
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_sigterm_stops_the_search_cleanly_and_resumably(sigterm_search):
-    from edgeseg.search.control import driver_state, live_driver, tune_trials
+    from edgeseg.search.control import driver_state, live_driver
+    from edgeseg.search.disk import saved_trials
 
     storage = str(sigterm_search["storage"])
     out = sigterm_search["out"]
@@ -315,7 +316,7 @@ def test_sigterm_stops_the_search_cleanly_and_resumably(sigterm_search):
     assert driver_state("relay", storage)["state"] == "stopped"
     assert live_driver(storage, "relay") is None
     # Tune saved its state at the stop: the stopped trial ended, the other one is resumable mid-way.
-    trials = tune_trials(f"{storage}/relay")
+    trials = saved_trials(f"{storage}/relay")
     assert trials[sigterm_search["target"]][0] == "TERMINATED"
     state, last = trials[sigterm_search["other"]]
     assert state != "TERMINATED" and 1 <= int(last["epoch"]) < EPOCHS

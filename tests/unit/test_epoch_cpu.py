@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import TINY_FIT
 
 from edgeseg.config import load_config
 from edgeseg.engine.checkpoint import load_checkpoint
@@ -23,18 +24,6 @@ from edgeseg.search.names import EPOCH_KEYS
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
-TINY = {
-    "data.input_size": 64,
-    "data.generated_train_images": 4,
-    "data.generated_val_images": 2,
-    "model.channels": 8,
-    "model.mask_size": 8,
-    "model.roi_size": 7,
-    "train.batch_size": 2,
-    "train.warmup_epochs": 0,
-    "train.device": "cpu",
-    "train.epochs": 2,
-}
 SLEEP_S = 0.25  # per image read: time inside the epoch on the wall clock that uses no CPU
 
 
@@ -65,7 +54,7 @@ class Collect:
 
 def test_each_epoch_reports_the_cpu_it_used_not_the_time_it_waited(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGESEG_HOME", str(tmp_path / "home"))
-    config = load_config("baseline", overrides=TINY)
+    config = load_config("baseline", overrides=TINY_FIT)
     prepared = prepare(config, log=lambda _: None)
     prepared = dataclasses.replace(prepared, train=SlowReads(prepared.train), val=SlowReads(prepared.val))
     reads_per_epoch = len(prepared.train) + len(prepared.val)  # eval runs every epoch (eval_every 1)

@@ -298,15 +298,22 @@ def test_merge_rejects_mismatched_layers(tmp_path):
         )
 
 
-def test_roi_coordinates_export_and_matter(tmp_path):
-    torch.manual_seed(0)
-    head = build_head(tiny_config("plain", roi_coords=True), LAYERS)
+def exported_masks(head, tmp_path) -> tuple[list[np.ndarray], np.ndarray]:
+    """Export ``head``, run it in ONNX Runtime on random features and ``ROIS``, check parity with torch;
+    the features and ONNX Runtime's masks."""
     report = export_head(head, LAYERS, INPUT_SIZE, tmp_path / "head.onnx")
     assert report.max_abs_diff <= 1e-3
     features, _ = random_inputs(head, batch_size=3, seed=1)
     feed = dict(zip(["features_l4", "features_l8", "features_l16"], features, strict=True)) | {"rois": ROIS}
     (masks,) = session(report.onnx_path).run(["masks"], feed)
     np.testing.assert_allclose(masks, torch_logits(head, features, ROIS), atol=1e-4, rtol=0)
+    return features, masks
+
+
+def test_roi_coordinates_export_and_matter(tmp_path):
+    torch.manual_seed(0)
+    head = build_head(tiny_config("plain", roi_coords=True), LAYERS)
+    features, masks = exported_masks(head, tmp_path)
     assert head.coordinates is not None
     with torch.no_grad():
         head.coordinates.embed.weight.zero_()
@@ -318,12 +325,7 @@ def test_output_prior_exports_and_matters(tmp_path):
     head = build_head(tiny_config("hierarchical", output_prior="spatial"), LAYERS)
     assert head.prior is not None
     head.prior.initialise(torch.log_softmax(torch.randn(3, 16, 16) * 3, dim=0))
-    report = export_head(head, LAYERS, INPUT_SIZE, tmp_path / "head.onnx")
-    assert report.max_abs_diff <= 1e-3
-    features, _ = random_inputs(head, batch_size=3, seed=1)
-    feed = dict(zip(["features_l4", "features_l8", "features_l16"], features, strict=True)) | {"rois": ROIS}
-    (masks,) = session(report.onnx_path).run(["masks"], feed)
-    np.testing.assert_allclose(masks, torch_logits(head, features, ROIS), atol=1e-4, rtol=0)
+    features, masks = exported_masks(head, tmp_path)
     with torch.no_grad():
         head.prior.bias.zero_()
     assert np.abs(torch_logits(head, features, ROIS) - masks).max() > 1e-1  # the prior took part

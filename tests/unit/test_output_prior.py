@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import TINY_FIT
 
 from edgeseg.config import ConfigError, load_config
 from edgeseg.data.stats import log_position_prior
@@ -19,19 +20,7 @@ from edgeseg.engine.prepare import prepare, training_statistics
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
-TINY = {
-    "data.input_size": 64,
-    "data.generated_train_images": 4,
-    "data.generated_val_images": 2,
-    "model.channels": 8,
-    "model.mask_size": 8,
-    "model.roi_size": 7,
-    "model.output_prior": "spatial",
-    "train.batch_size": 2,
-    "train.warmup_epochs": 0,
-    "train.device": "cpu",
-    "train.epochs": 1,
-}
+TINY = {**TINY_FIT, "model.output_prior": "spatial", "train.epochs": 1}
 
 
 def test_prior_comes_from_the_training_targets_and_the_class_weights(tmp_path, monkeypatch):
