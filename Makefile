@@ -47,7 +47,7 @@ test: install video chromium postgresql lint typecheck
 	$(VENV)/bin/python -m pytest -q --timeout=600
 
 # The five performance goals of issue 11, measured side by side (~16 min on 2 cores; JSON on stdout and in
-# benchmarks/results/goals.json). BENCH_ARGS="--reference" adds the reference ablation (~20 min more),
+# benchmarks/results/goals.json). BENCH_ARGS="--reference" adds the reference ablation (~9 min more),
 # "--trials 1000" measures goal 5 at 1,000 trials. The other benchmarks/bench_*.py run by hand (README).
 bench: install
 	$(PY) benchmarks/bench_goals.py $(BENCH_ARGS)

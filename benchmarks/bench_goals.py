@@ -38,7 +38,7 @@ written to ``goals-quick.json``); a table of goal, figure, target and met goes t
 
 Durations on 2 cores (estimated from a ``--quick --trials 40`` run, 6 min on a shared machine, and
 the scripts reused): goal 1 about 2.5 min, goal 2 about 4 min (27 presets), goal 3 about 1.5 min,
-goal 4 about 1 min (the smoke search; ``--reference`` adds the reference ablation, about 20 min),
+goal 4 about 1 min (the smoke search; ``--reference`` adds the reference ablation, about 9 min),
 goal 5 about 7 min at ``--trials 200`` (about 25 min at ``--trials 1000``): about 16 min in all.
 """
 
@@ -972,7 +972,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--trials", type=int, default=200, help="goal 5's larger search (also run at a quarter)"
     )
     parser.add_argument(
-        "--reference", action="store_true", help="goal 4: also run the reference ablation (~20 min)"
+        "--reference", action="store_true", help="goal 4: also run the reference ablation (~9 min)"
     )
     parser.add_argument("--goals", default="1,2,3,4,5", help="comma-separated goals to measure")
     parser.add_argument("--out", type=Path, default=None, help=f"default {DEFAULT_OUT.relative_to(ROOT)} "
